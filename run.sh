@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# mini_qwen: one entry point for people.
+#
+#   bash run.sh demo                 # whole demo on the bundled data: PT -> SFT -> DPO -> answers (CPU is fine)
+#   bash run.sh test                 # the test suite (what CI runs)
+#   bash run.sh pt  [flags...]       # full-recipe pretraining   (configs/pt_full.yaml  + your flags)
+#   bash run.sh sft [flags...]       # full-recipe SFT            (configs/sft_full.yaml + your flags)
+#   bash run.sh dpo [flags...]       # full-recipe DPO            (configs/dpo_full.yaml + your flags)
+#   bash run.sh eval [flags...]      # chat with / compare checkpoints (mini_qwen_eval.py flags)
+#   bash run.sh setup                # only create .venv and install what is missing
+#   bash run.sh -h                   # this help
+#
+# Variables (all optional):
+#   NUM_GPUS=6          >1: pt/sft/dpo run under `accelerate launch` with DeepSpeed (ACCELERATE_CONFIG)
+#   ACCELERATE_CONFIG=accelerate_config.yaml   (see configs/accelerate/ for ZeRO-3, offload, multi-node)
+#   NUM_MACHINES=1 MACHINE_RANK=0 MAIN_PROCESS_IP=... MAIN_PROCESS_PORT=29500   multi-node settings
+#   BACKGROUND=1        run pt/sft/dpo with nohup, logging to logs/<stage>.log
+#   CONFIG=path.yaml    a different recipe for pt/sft/dpo
+#   VENV=.venv          the virtual environment to create/use; PYTHON=python3 the interpreter that makes it
+#   TORCH_SPEC="torch==2.13.0"   how torch is installed if missing (e.g. a CUDA build on GPU machines)
+#
+# Examples:
+#   NUM_GPUS=6 bash run.sh pt
+#   NUM_GPUS=8 BACKGROUND=1 bash run.sh sft --model_name_or_path results/pt
+#   bash run.sh eval --model_name_or_path results/sft
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+NUM_GPUS=${NUM_GPUS:-1}
+ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-accelerate_config.yaml}
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "[run.sh] creating virtual environment $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  local py="$VENV/bin/python" stamp="$VENV/.mini_qwen_requirements"
+  if ! "$py" -c "import torch" 2>/dev/null; then
+    echo "[run.sh] installing $TORCH_SPEC"
+    "$py" -m pip install -q "$TORCH_SPEC"
+  fi
+  if [ ! -f "$stamp" ] || ! cmp -s requirements.txt "$stamp"; then
+    echo "[run.sh] installing requirements.txt"
+    "$py" -m pip install -q -r requirements.txt
+    # dashscope only ships the Qwen BPE ranks we read; --no-deps skips its web-client dependencies.
+    "$py" -m pip install -q --no-deps dashscope==2.0.2
+    cp requirements.txt "$stamp"
+  fi
+  # The exact Qwen2.5 tokenizer, built offline unless prepare.sh already downloaded it.
+  "$py" -m utils.tokenizer --output_dir models/Qwen2.5-0.5B-Instruct
+}
+
+launch() {  # launch <script> <recipe> [flags...]
+  local script=$1 recipe=$2
+  shift 2
+  local cmd=("$VENV/bin/python" "$script")
+  if [ "$NUM_GPUS" -gt 1 ] || [ "${NUM_MACHINES:-1}" -gt 1 ]; then
+    cmd=("$VENV/bin/accelerate" launch --config_file "$ACCELERATE_CONFIG"
+      --num_processes "$((NUM_GPUS * ${NUM_MACHINES:-1}))" --num_machines "${NUM_MACHINES:-1}"
+      --machine_rank "${MACHINE_RANK:-0}")
+    [ -n "${MAIN_PROCESS_IP:-}" ] && cmd+=(--main_process_ip "$MAIN_PROCESS_IP")
+    cmd+=(--main_process_port "${MAIN_PROCESS_PORT:-29500}" "$script")
+  fi
+  cmd+=(--config "${CONFIG:-$recipe}" "$@")
+  if [ "${BACKGROUND:-0}" = 1 ]; then
+    mkdir -p logs
+    local log="logs/$(basename "$script" .py | sed 's/mini_qwen_//').log"
+    nohup "${cmd[@]}" >"$log" 2>&1 &
+    echo "[run.sh] started in the background (pid $!). Follow it with: tail -f $log"
+  else
+    "${cmd[@]}"
+  fi
+}
+
+mode=${1:-}
+[ $# -gt 0 ] && shift
+case "$mode" in
+  -h | --help | help | "") usage ;;
+  setup) setup ;;
+  demo) setup && "$VENV/bin/python" -m demo.run_all "$@" ;;
+  test) setup && "$VENV/bin/python" -m pytest -q tests "$@" ;;
+  pt) setup && launch mini_qwen_pt.py configs/pt_full.yaml "$@" ;;
+  sft) setup && launch mini_qwen_sft.py configs/sft_full.yaml "$@" ;;
+  dpo) setup && launch mini_qwen_dpo.py configs/dpo_full.yaml "$@" ;;
+  eval) setup && "$VENV/bin/python" mini_qwen_eval.py "$@" ;;
+  *)
+    echo "unknown mode: $mode" >&2
+    usage >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,60 @@
+"""Recipes: YAML and CLI flags through one parser; CLI wins; unknown keys fail loudly."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from transformers import TrainingArguments
+from trl import SFTConfig
+
+from mini_qwen_pt import PTArguments
+from mini_qwen_sft import SFTArguments
+from utils.args import parse_args
+
+
+def test_yaml_then_cli_override(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("hidden_size: 64\nlearning_rate: 3.0e-4\noutput_dir: out\ndomains: [a, b]\n")
+    script, train = parse_args((PTArguments, TrainingArguments), ["--config", str(recipe), "--hidden_size", "128"])
+    assert script.hidden_size == 128 and script.domains == ["a", "b"]
+    assert train.learning_rate == 3e-4 and train.output_dir == "out"
+
+
+def test_unknown_yaml_key_fails(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("hidden_sise: 64\n")
+    with pytest.raises(SystemExit, match="hidden_sise"):
+        parse_args((PTArguments, TrainingArguments), ["--config", str(recipe)])
+
+
+def test_unknown_flag_fails():
+    with pytest.raises(SystemExit):
+        parse_args((PTArguments, TrainingArguments), ["--hidden_sise", "64"])
+
+
+def test_trl_config_does_not_force_bf16_on_cpu():
+    _, config = parse_args((SFTArguments, SFTConfig), ["--output_dir", "x"])
+    assert config.bf16 is False
+
+
+def test_shipped_recipes_parse(monkeypatch):
+    from trl import DPOConfig
+
+    from mini_qwen_dpo import DPOArguments
+
+    for recipe, types in [
+        ("configs/pt_full.yaml", (PTArguments, TrainingArguments)),
+        ("configs/pt_demo.yaml", (PTArguments, TrainingArguments)),
+        ("configs/sft_full.yaml", (SFTArguments, SFTConfig)),
+        ("configs/sft_demo.yaml", (SFTArguments, SFTConfig)),
+        ("configs/dpo_full.yaml", (DPOArguments, DPOConfig)),
+        ("configs/dpo_demo.yaml", (DPOArguments, DPOConfig)),
+    ]:
+        monkeypatch.setattr(sys, "argv", ["prog", "--config", recipe])
+        parsed = parse_args(types)
+        assert parsed[1].output_dir.startswith("results/")
+    script, train = parse_args((PTArguments, TrainingArguments), ["--config", "configs/pt_full.yaml"])
+    assert (script.hidden_size, script.num_hidden_layers, script.block_size) == (1024, 48, 1024)
+    assert (train.per_device_train_batch_size, train.gradient_accumulation_steps) == (12, 16)
+    assert train.learning_rate == 1e-4 and train.lr_scheduler_type.value == "cosine"

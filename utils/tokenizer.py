@@ -1,0 +1,307 @@
+"""The Qwen2.5 tokenizer, exact and offline, plus the fast encoder used for pretraining data.
+
+Two ways to get the tokenizer, in this order:
+
+1. ``models/Qwen2.5-0.5B-Instruct`` already holds tokenizer files (``prepare.sh`` downloads them from
+   ModelScope, or an earlier run of this module wrote them): they are loaded as they are.
+2. Otherwise it is rebuilt from the Qwen BPE ranks that the PyPI package ``dashscope`` ships as
+   ``dashscope/resources/qwen.tiktoken`` (151,643 byte tokens with their ranks, identical to Qwen2.5's
+   ``vocab.json``). Only that one file is read; dashscope itself is never imported, so it can be
+   installed with ``pip install --no-deps`` and its web-client dependencies are not needed.
+
+Write the tokenizer into the model folder (what ``run.sh`` does on first use)::
+
+    python -m utils.tokenizer --output_dir models/Qwen2.5-0.5B-Instruct
+
+Train the small demo tokenizer (same formats, 8k tokens) on the bundled data::
+
+    python -m utils.tokenizer --train_from mini_data --vocab_size 8000 --output_dir models/mini-tokenizer
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib.util
+import logging
+import unicodedata
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import BPE
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from utils.data import find_parquet_files, read_rows
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOKENIZER_DIR = "models/Qwen2.5-0.5B-Instruct"
+
+# Qwen2's pre-tokenizer split: digits one by one (\p{N} without {1,3}), unlike cl100k.
+QWEN_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+NUM_BPE_TOKENS = 151_643
+PAD_TOKEN = "<|endoftext|>"
+EOS_TOKEN = "<|im_end|>"
+
+# (token, id, special): ids and the special flag follow Qwen2.5's tokenizer_config.json, where the
+# tool-call and fill-in-the-middle markers are added tokens that decode even with skip_special_tokens.
+ADDED_TOKENS: list[tuple[str, int, bool]] = [
+    ("<|endoftext|>", 151643, True),
+    ("<|im_start|>", 151644, True),
+    ("<|im_end|>", 151645, True),
+    ("<|object_ref_start|>", 151646, True),
+    ("<|object_ref_end|>", 151647, True),
+    ("<|box_start|>", 151648, True),
+    ("<|box_end|>", 151649, True),
+    ("<|quad_start|>", 151650, True),
+    ("<|quad_end|>", 151651, True),
+    ("<|vision_start|>", 151652, True),
+    ("<|vision_end|>", 151653, True),
+    ("<|vision_pad|>", 151654, True),
+    ("<|image_pad|>", 151655, True),
+    ("<|video_pad|>", 151656, True),
+    ("<tool_call>", 151657, False),
+    ("</tool_call>", 151658, False),
+    ("<|fim_prefix|>", 151659, False),
+    ("<|fim_middle|>", 151660, False),
+    ("<|fim_suffix|>", 151661, False),
+    ("<|fim_pad|>", 151662, False),
+    ("<|repo_name|>", 151663, False),
+    ("<|file_sep|>", 151664, False),
+]
+
+# ChatML. The {% generation %} markers let apply_chat_template(return_assistant_tokens_mask=True) and
+# TRL find the supervised span: each assistant reply *and* its <|im_end|>, so the model learns to stop.
+# No default system prompt: the training data (Infinity-Instruct) mostly has none. A final assistant
+# message ends at <|im_end|> (no newline after it), so training rows and DPO replies end exactly
+# where generation stops.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- generation -%}{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}"
+    "{%- if not loop.last -%}{{- '\\n' -}}{%- endif -%}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def find_qwen_tiktoken_file() -> Path:
+    """Locate ``dashscope/resources/qwen.tiktoken`` without importing dashscope."""
+    spec = importlib.util.find_spec("dashscope")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "Cannot build the Qwen2.5 tokenizer offline: no tokenizer files in the model folder and the "
+            "package 'dashscope' (which ships the Qwen BPE ranks) is not installed. "
+            "Run: pip install --no-deps dashscope==2.0.2   (or: bash prepare.sh --stage model)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
+    if not path.is_file():
+        raise FileNotFoundError(f"The installed dashscope has no {path}; reinstall dashscope==2.0.2.")
+    return path
+
+
+@lru_cache(maxsize=2)
+def load_qwen_ranks(path: str | None = None) -> dict[bytes, int]:
+    """Read the ``qwen.tiktoken`` file: one ``<base64 token> <rank>`` per line."""
+    file = Path(path) if path else find_qwen_tiktoken_file()
+    ranks: dict[bytes, int] = {}
+    for line_no, line in enumerate(file.read_text().splitlines(), start=1):
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{file}:{line_no}: expected '<base64> <rank>', got {line!r}")
+        ranks[base64.b64decode(parts[0])] = int(parts[1])
+    if len(ranks) != NUM_BPE_TOKENS:
+        raise ValueError(f"{file}: expected {NUM_BPE_TOKENS} tokens, found {len(ranks)}")
+    return ranks
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map, used by byte-level BPE vocab files."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def _merge_for(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
+    """The pair whose merge creates ``token``: run BPE on its bytes using only lower-ranked merges
+    until two parts remain. This is exactly the merge tiktoken would apply last."""
+    limit = ranks[token]
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        best_rank, best_i = None, None
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1])
+            if rank is not None and rank < limit and (best_rank is None or rank < best_rank):
+                best_rank, best_i = rank, i
+        if best_i is None:
+            raise ValueError(f"token {token!r} cannot be built from lower-ranked merges")
+        parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+    return parts[0], parts[1]
+
+
+def build_qwen_tokenizer(tiktoken_file: str | None = None) -> PreTrainedTokenizerFast:
+    """Build the exact Qwen2.5 tokenizer from BPE ranks: vocab, 151,387 derived merges, NFC,
+    the Qwen2 split regex, byte-level pre-tokenizer/decoder and the added tokens at their ids."""
+    ranks = load_qwen_ranks(tiktoken_file)
+    byte_map = _bytes_to_unicode()
+
+    def to_str(token: bytes) -> str:
+        return "".join(byte_map[b] for b in token)
+
+    vocab = {to_str(tok): rank for tok, rank in ranks.items()}
+    multi_byte = sorted((rank, tok) for tok, rank in ranks.items() if len(tok) > 1)
+    merges = [tuple(map(to_str, _merge_for(tok, ranks))) for _, tok in multi_byte]
+
+    core = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    _qwen_pipeline(core)
+    # Added tokens get ids in the order given, starting after the BPE vocab: 151643, 151644, ...
+    for content, expected_id, special in ADDED_TOKENS:
+        token = AddedToken(content, special=special, normalized=False, lstrip=False, rstrip=False)
+        if special:
+            core.add_special_tokens([token])
+        else:
+            core.add_tokens([token])
+        actual = core.token_to_id(content)
+        if actual != expected_id:
+            raise RuntimeError(f"{content} got id {actual}, expected {expected_id}")
+
+    return _wrap(core)
+
+
+def _wrap(core: Tokenizer) -> PreTrainedTokenizerFast:
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        unk_token=None,
+        bos_token=None,
+        model_max_length=131072,
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _qwen_pipeline(core: Tokenizer) -> None:
+    """NFC, the Qwen2 split regex and byte-level pre-tokenizer/decoder: shared by both tokenizers."""
+    core.normalizer = normalizers.NFC()
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    core.decoder = decoders.ByteLevel()
+    core.post_processor = processors.ByteLevel(trim_offsets=False)
+
+
+def train_small_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A small byte-level BPE with Qwen's pipeline, special tokens and chat template, for CPU demos.
+
+    With Qwen's 151,936-entry vocabulary the LM head of a tiny model costs more than all its layers,
+    so a CPU demo would spend its minutes on the softmax. The same formats with a few thousand
+    tokens let the demo model learn visibly in minutes. Special tokens take ids 0..21.
+    """
+    from tokenizers.trainers import BpeTrainer
+
+    core = Tokenizer(BPE(fuse_unk=False, byte_fallback=False))
+    _qwen_pipeline(core)
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[AddedToken(t, special=True, normalized=False) for t, _, _ in ADDED_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    return _wrap(core)
+
+
+def has_tokenizer_files(path: str | Path) -> bool:
+    folder = Path(path)
+    return (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()
+
+
+def load_tokenizer(path: str | Path = DEFAULT_TOKENIZER_DIR) -> PreTrainedTokenizerBase:
+    """Load the tokenizer from ``path``; if the folder has no tokenizer files, build Qwen2.5's offline.
+
+    A tokenizer without a chat template (e.g. a bare download) gets ours, so every stage formats chats
+    the same way. Downloaded Qwen files keep their own template, which produces the same ChatML.
+    """
+    if has_tokenizer_files(path):
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    else:
+        logger.info("No tokenizer files in %s: building the Qwen2.5 tokenizer from BPE ranks", path)
+        tokenizer = build_qwen_tokenizer()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = PAD_TOKEN
+    if not tokenizer.chat_template or "generation" not in tokenizer.chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default=DEFAULT_TOKENIZER_DIR, help="Where to write the tokenizer files.")
+    parser.add_argument("--tiktoken_file", default=None, help="qwen.tiktoken path (default: dashscope's copy).")
+    parser.add_argument("--force", action="store_true", help="Rebuild even if tokenizer files exist.")
+    parser.add_argument(
+        "--train_from", default=None, help="Train a small tokenizer on every string in the parquet files here."
+    )
+    parser.add_argument("--vocab_size", type=int, default=8000, help="Vocabulary size with --train_from.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if has_tokenizer_files(args.output_dir) and not args.force:
+        logger.info("Tokenizer files already in %s; keeping them (use --force to rebuild)", args.output_dir)
+        return
+    if args.train_from:
+        tokenizer = train_small_tokenizer(iter_parquet_strings(args.train_from), args.vocab_size)
+    else:
+        tokenizer = build_qwen_tokenizer(args.tiktoken_file)
+    tokenizer.save_pretrained(args.output_dir)
+    logger.info("Wrote a tokenizer of %d tokens to %s", len(tokenizer), args.output_dir)
+
+
+def iter_parquet_strings(data_dir: str) -> Iterable[str]:
+    """Every string value (nested ones included) of every parquet file below ``data_dir``."""
+
+    def strings(value) -> Iterable[str]:
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+
+    for path in find_parquet_files(data_dir):
+        columns = [f.name for f in pq.read_schema(path) if f.name not in ("id", "_id", "label")]
+        for _, _, record in read_rows([path], columns):
+            yield from strings(record)
+
+
+if __name__ == "__main__":
+    main()
