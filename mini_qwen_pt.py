@@ -1,0 +1,129 @@
+"""Pretraining: a widened Qwen2.5 from random init on packed, document-isolated token blocks.
+
+Single GPU (or CPU)::
+
+    python mini_qwen_pt.py --config configs/pt_full.yaml
+
+Many GPUs (DeepSpeed ZeRO-2, launcher settings in accelerate_config.yaml)::
+
+    accelerate launch --config_file accelerate_config.yaml mini_qwen_pt.py --config configs/pt_full.yaml
+
+Demo on the bundled data::
+
+    python mini_qwen_pt.py --config configs/pt_demo.yaml
+
+Resume an interrupted run (same data position, optimizer and scheduler)::
+
+    python mini_qwen_pt.py --config configs/pt_full.yaml --resume_from_checkpoint auto
+
+Any recipe value can be overridden by a flag, e.g. ``--num_hidden_layers 24 --learning_rate 3e-4``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from transformers import Trainer, TrainingArguments
+
+from utils.args import parse_args, write_run_info
+from utils.data import find_parquet_files
+from utils.modeling import ModelShapeArguments, build_model, select_attn_implementation
+from utils.packing import PackedCollator, PackedDataset, build_token_cache
+from utils.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
+from utils.training import (
+    NonFiniteLossCallback,
+    apply_precision,
+    check_diverged,
+    log_batch_geometry,
+    resolve_resume,
+    save_final,
+    setup_logging,
+)
+
+logger = logging.getLogger("mini_qwen")
+
+
+@dataclass
+class PTArguments(ModelShapeArguments):
+    data_dir: str = field(default="data/pt", metadata={"help": "Folder searched (any depth) for *.parquet."})
+    domains: list[str] | None = field(
+        default=None, metadata={"help": "Keep only these domain folders (IndustryCorpus2 names)."}
+    )
+    languages: list[str] | None = field(default=None, metadata={"help": "Keep only these: chinese, english."})
+    max_files_per_dir: int | None = field(
+        default=None, metadata={"help": "First N files of each folder (upstream: 3 for the big English sets)."}
+    )
+    tokenizer_name_or_path: str = field(
+        default=DEFAULT_TOKENIZER_DIR, metadata={"help": "Tokenizer folder; Qwen2.5's is built offline if empty."}
+    )
+    cache_dir: str = field(default="cache/pt", metadata={"help": "Where tokenized corpora are cached."})
+    block_size: int = field(default=1024, metadata={"help": "Tokens per training sequence."})
+    num_proc: int = field(
+        default=min(8, os.cpu_count() or 1), metadata={"help": "Processes that tokenize files in parallel."}
+    )
+    attn_implementation: str = field(
+        default="auto", metadata={"help": "auto (flash_attention_2 if usable, else sdpa), sdpa, eager, ..."}
+    )
+    precision: str = field(default="auto", metadata={"help": "auto, bf16, fp16 or fp32."})
+
+
+def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
+    setup_logging(training_args)
+    apply_precision(script_args.precision, training_args)
+    tokenizer = load_tokenizer(script_args.tokenizer_name_or_path)
+
+    files = find_parquet_files(
+        script_args.data_dir, script_args.domains, script_args.languages, script_args.max_files_per_dir
+    )
+    logger.info("Found %d parquet files under %s", len(files), script_args.data_dir)
+    # Tokenize on the main process only; the others wait here and then open the same cache.
+    with training_args.main_process_first(desc="tokenize and pack"):
+        cache = build_token_cache(
+            files,
+            script_args.data_dir,
+            tokenizer,
+            script_args.tokenizer_name_or_path,
+            script_args.cache_dir,
+            script_args.num_proc,
+        )
+    dataset = PackedDataset(cache, script_args.block_size)
+    logger.info(
+        "%d blocks of %d tokens; %d tokens of the final partial block are not used",
+        len(dataset),
+        script_args.block_size,
+        dataset.dropped_tokens,
+    )
+
+    attn = select_attn_implementation(script_args.attn_implementation)
+    model = build_model(
+        script_args,
+        attn_implementation=attn,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"vocab_size={model.config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
+    log_batch_geometry(training_args, script_args.block_size)
+
+    guard = NonFiniteLossCallback()
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=PackedCollator(attn, tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[guard],
+    )
+    if trainer.is_world_process_zero():
+        write_run_info(training_args.output_dir, "pt", script_args, training_args, data_summary=cache.meta)
+    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    check_diverged(guard, training_args.output_dir)
+    save_final(trainer, tokenizer, training_args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    main(*parse_args((PTArguments, TrainingArguments)))

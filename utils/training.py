@@ -1,0 +1,144 @@
+"""What every stage does around its trainer: logging, precision, resume, divergence guard, saving."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import GenerationConfig, PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from utils.modeling import select_precision
+from utils.plotting import plot_loss
+
+logger = logging.getLogger("mini_qwen")
+
+
+def setup_logging(args: TrainingArguments) -> None:
+    """INFO on the main process, warnings only on the others, so multi-GPU logs stay readable."""
+    level = logging.INFO if args.process_index == 0 else logging.WARNING
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
+    )
+    # transformers at INFO prints every config it loads; our own logger says what matters.
+    transformers.utils.logging.set_verbosity(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def apply_precision(precision: str, args: TrainingArguments) -> str:
+    """Resolve ``auto`` to bf16/fp16/fp32 from the hardware, unless the recipe set bf16/fp16 itself."""
+    if precision == "auto" and (args.bf16 or args.fp16):
+        chosen = "bf16" if args.bf16 else "fp16"
+    else:
+        chosen = select_precision(precision)
+    if chosen in ("bf16", "fp16") and not torch.cuda.is_available() and not args.use_cpu:
+        logger.warning("%s was requested but no GPU is available: training in fp32", chosen)
+        chosen = "fp32"
+    args.bf16, args.fp16 = chosen == "bf16", chosen == "fp16"
+    logger.info("Precision: %s", chosen)
+    return chosen
+
+
+def resolve_resume(args: TrainingArguments) -> str | None:
+    """``--resume_from_checkpoint auto`` -> the newest checkpoint in output_dir, or a fresh start."""
+    value = args.resume_from_checkpoint
+    if value in (None, "", "false", "False", "no"):
+        return None
+    if value in ("auto", "true", "True"):
+        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        if last:
+            logger.info("Resuming from %s", last)
+        else:
+            logger.info("No checkpoint in %s: starting from scratch", args.output_dir)
+        return last
+    if not Path(value).is_dir():
+        raise FileNotFoundError(f"resume_from_checkpoint: no such checkpoint directory {value}")
+    return value
+
+
+def log_batch_geometry(args: TrainingArguments, tokens_per_sample: int | None = None) -> None:
+    """The global batch is what the optimizer sees: per-device x accumulation x processes."""
+    global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    extra = f" = {global_batch * tokens_per_sample:,} tokens" if tokens_per_sample else ""
+    logger.info(
+        "Global batch: %d per device x %d accumulation x %d processes = %d samples%s per optimizer step",
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+        args.world_size,
+        global_batch,
+        extra,
+    )
+
+
+class NonFiniteLossCallback(TrainerCallback):
+    """Stop at the first NaN/inf training loss without saving the broken weights."""
+
+    def __init__(self) -> None:
+        self.bad_step: int | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.bad_step = state.global_step
+            control.should_training_stop = True
+            control.should_save = False
+        return control
+
+
+def check_diverged(guard: NonFiniteLossCallback, output_dir: str) -> None:
+    if guard.bad_step is not None:
+        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        raise RuntimeError(
+            f"Training loss became NaN/inf at step {guard.bad_step}; stopped without saving. "
+            f"Last good checkpoint: {last or 'none'}. Lower the learning rate or check the data, "
+            f"then resume with --resume_from_checkpoint {last or 'auto'}."
+        )
+
+
+def default_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    """Sampling defaults that do not loop (Qwen2.5's own settings); greedy stays one flag away.
+
+    Stop at <|im_end|> (end of a chat turn) or <|endoftext|> (end of a document).
+    """
+    eos = [tokenizer.eos_token_id]
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in eos:
+        eos.append(tokenizer.pad_token_id)
+    return GenerationConfig(
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.8,
+        top_k=20,
+        repetition_penalty=1.1,
+        max_new_tokens=512,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def save_final(trainer, tokenizer: PreTrainedTokenizerBase, output_dir: str) -> None:
+    """Model (safetensors), tokenizer with chat template, generation config, state and curves."""
+    trainer.model.generation_config = default_generation_config(tokenizer)
+    trainer.save_model(output_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(output_dir)
+        trainer.save_state()
+        try:
+            plot_loss(output_dir)
+        except ValueError as err:
+            logger.warning("No curves plotted: %s", err)
+        logger.info("Saved the final model to %s", output_dir)
+
+
+class RealTokenShareCallback(TrainerCallback):
+    """Adds ``real_token_share`` (real / computed tokens since the last log) to the training logs."""
+
+    def __init__(self, collator) -> None:
+        self.collator = collator
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        share = self.collator.take_real_token_share()
+        if share is not None and logs is not None:
+            logs["real_token_share"] = round(share, 4)
