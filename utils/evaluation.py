@@ -1,0 +1,63 @@
+"""Numbers that say whether a model got better: log-likelihoods, perplexity, bits per byte, repetition."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+
+@torch.no_grad()
+def completion_logprob(model: PreTrainedModel, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> float:
+    """Sum of log p(completion | prompt) over the completion tokens."""
+    ids = torch.tensor([list(prompt_ids) + list(completion_ids)], device=model.device)
+    logits = model(input_ids=ids).logits[0, :-1].float()
+    targets = ids[0, 1:]
+    logps = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
+    return float(logps[len(prompt_ids) - 1 :].sum())
+
+
+@torch.no_grad()
+def text_nll(model: PreTrainedModel, token_ids: Sequence[int], block_size: int) -> tuple[float, int]:
+    """Total negative log-likelihood (nats) of a token stream scored in independent blocks, and the
+    number of predicted tokens (the first token of each block has no context and is not scored)."""
+    total, count = 0.0, 0
+    for start in range(0, len(token_ids), block_size):
+        block = list(token_ids[start : start + block_size])
+        if len(block) < 2:
+            continue
+        ids = torch.tensor([block], device=model.device)
+        loss = model(input_ids=ids, labels=ids).loss.float()
+        total += float(loss) * (len(block) - 1)
+        count += len(block) - 1
+    return total, count
+
+
+def perplexity_and_bpb(nll_nats: float, n_tokens: int, n_bytes: int) -> tuple[float, float]:
+    """Perplexity per token and bits per UTF-8 byte (comparable across tokenizers)."""
+    if n_tokens == 0 or n_bytes == 0:
+        return float("nan"), float("nan")
+    return math.exp(nll_nats / n_tokens), nll_nats / math.log(2) / n_bytes
+
+
+def repeated_ngram_share(tokens: Sequence, n: int = 4) -> float:
+    """Share of n-grams that already occurred earlier in the same text (0 = no repetition)."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    if not grams:
+        return 0.0
+    seen: set = set()
+    repeated = 0
+    for gram in grams:
+        repeated += gram in seen
+        seen.add(gram)
+    return repeated / len(grams)
+
+
+def distinct_n(tokens: Sequence, n: int = 2) -> float:
+    """Unique n-grams / all n-grams (1 = every n-gram different)."""
+    grams = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    total = sum(grams.values())
+    return len(grams) / total if total else 0.0
