@@ -1,0 +1,15 @@
+"""Demo SFT: ``python -m demo.demo_sft [...]`` (the same main() as mini_qwen_sft.py)."""
+
+from trl import SFTConfig
+
+from demo.common import demo_argv
+from mini_qwen_sft import SFTArguments, main
+from utils.args import parse_args
+
+
+def run(extra: list[str] | None = None):
+    return main(*parse_args((SFTArguments, SFTConfig), demo_argv("sft_demo.yaml", extra)))
+
+
+if __name__ == "__main__":
+    run()

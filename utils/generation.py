@@ -1,0 +1,94 @@
+"""One way to generate text from a checkpoint, shared by eval, the demo, the tests and the stages."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
+
+from utils.args import RUN_INFO_FILE
+from utils.chat import prompt_ids
+
+SAMPLING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    ended_with_eos: bool
+
+
+class CollectingStreamer(TextStreamer):
+    """Prints text as it is generated and keeps it, so an interrupted answer is not lost."""
+
+    def __init__(self, tokenizer, echo: bool = True):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.echo = echo
+        self.text = ""
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        self.text += text
+        if self.echo:
+            print(text, flush=True, end="" if not stream_end else None)
+
+
+def is_chat_checkpoint(path: str) -> bool:
+    """A PT checkpoint continues raw text; SFT/DPO checkpoints (and foreign ones) are chat models."""
+    info = Path(path) / RUN_INFO_FILE
+    if info.is_file():
+        return json.loads(info.read_text()).get("stage") != "pt"
+    return True
+
+
+def build_generation_config(model: PreTrainedModel, **overrides) -> GenerationConfig:
+    """The checkpoint's generation_config.json with any non-None overrides applied."""
+    config = GenerationConfig.from_dict(model.generation_config.to_dict())
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    if not config.do_sample:
+        for key in ("temperature", "top_p", "top_k"):
+            setattr(config, key, None)
+    return config
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | list[dict],
+    generation_config: GenerationConfig,
+    streamer: TextStreamer | None = None,
+) -> Generation:
+    """Generate after ``prompt``: a list of chat messages (rendered with the generation prompt) or raw
+    text to continue. Stops at the generation config's EOS ids or ``max_new_tokens``."""
+    if isinstance(prompt, str):
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    else:
+        ids = prompt_ids(tokenizer, prompt)
+    input_ids = torch.tensor([ids], device=model.device)
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        generation_config=generation_config,
+        streamer=streamer,
+    )
+    new = output[0, len(ids) :].tolist()
+    eos = generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    ended = bool(new) and new[-1] in eos_ids
+    return Generation(tokenizer.decode(new, skip_special_tokens=True), new, ended)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """Typed ``\\n``/``\\t``/``\\\\`` become a newline, a tab and a backslash; other text is untouched
+    (Chinese included, which ``unicode_escape`` would mangle)."""
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
