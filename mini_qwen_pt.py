@@ -25,7 +25,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
 
 from utils.args import parse_args, write_run_info
 from utils.data import find_parquet_files
@@ -97,6 +97,7 @@ def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
     )
 
     attn = select_attn_implementation(script_args.attn_implementation)
+    set_seed(training_args.seed)  # the random init is part of the run: same seed, same weights
     model = build_model(
         script_args,
         attn_implementation=attn,

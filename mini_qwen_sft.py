@@ -30,7 +30,7 @@ from utils.args import parse_args, write_run_info
 from utils.chat import SkipRow, conversation_to_messages, encode_chat
 from utils.data import DataError, SkipCounter, find_parquet_files, read_rows
 from utils.modeling import load_causal_lm, select_attn_implementation
-from utils.packing import PackedCollator
+from utils.packing import PackedCollator, files_fingerprint
 from utils.tokenizer import load_tokenizer
 from utils.training import (
     NonFiniteLossCallback,
@@ -68,10 +68,17 @@ class SFTArguments:
         default="auto", metadata={"help": "auto (flash_attention_2 if usable, else sdpa), sdpa, eager, ..."}
     )
     precision: str = field(default="auto", metadata={"help": "auto, bf16, fp16 or fp32."})
+    cache_dir: str = field(default="cache/sft", metadata={"help": "Where tokenized conversations are cached."})
 
 
-def _sft_rows(files: list[str], tokenizer_dir: str, max_length: int, default_system_prompt: str | None):
-    """One output row per input row: tokenized, or empty with the reason it is skipped."""
+def _sft_rows(
+    files: list[str], tokenizer_dir: str, max_length: int | None, default_system_prompt: str | None, fingerprint: str
+):
+    """One output row per input row: tokenized, or empty with the reason it is skipped.
+
+    ``fingerprint`` is unused here: it is part of the arguments so that the ``datasets`` cache key
+    changes when a file or the tokenizer changes, not only when a path does.
+    """
     tokenizer = load_tokenizer(tokenizer_dir)
     for path, row, record in read_rows(files, ["conversations"]):
         try:
@@ -86,7 +93,12 @@ def _sft_rows(files: list[str], tokenizer_dir: str, max_length: int, default_sys
 
 
 def load_sft_dataset(
-    data_dir: str, tokenizer_dir: str, max_length: int, default_system_prompt: str | None = None, num_proc: int = 1
+    data_dir: str,
+    tokenizer_dir: str,
+    max_length: int | None,
+    default_system_prompt: str | None = None,
+    num_proc: int = 1,
+    cache_dir: str | None = None,
 ) -> tuple[Dataset, dict]:
     """Tokenized conversations (``input_ids``, ``labels``) and a summary of what was kept and skipped.
 
@@ -102,8 +114,10 @@ def load_sft_dataset(
             "tokenizer_dir": tokenizer_dir,
             "max_length": max_length,
             "default_system_prompt": default_system_prompt,
+            "fingerprint": files_fingerprint(files, load_tokenizer(tokenizer_dir)),
         },
         num_proc=min(num_proc, len(files)) if num_proc > 1 else None,
+        cache_dir=cache_dir,
     )
     skips = SkipCounter(reason for reason in dataset["skip"] if reason)
     truncated = sum(dataset["truncated"])
@@ -112,7 +126,7 @@ def load_sft_dataset(
     lengths = [len(ids) for ids in dataset["input_ids"]]
     supervised = sum(sum(1 for x in labels if x != -100) for labels in dataset["labels"])
     logger.info(
-        "SFT data: %d conversations, %d tokens (%d supervised); %d cut at a turn boundary to fit %d tokens",
+        "SFT data: %d conversations, %d tokens (%d supervised); %d cut at a turn boundary to fit %s tokens",
         len(dataset),
         sum(lengths),
         supervised,
@@ -145,6 +159,7 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
             training_args.max_length,
             script_args.default_system_prompt,
             training_args.dataset_num_proc or 1,
+            script_args.cache_dir,
         )
     if len(dataset) == 0:
         raise DataError(f"No usable conversation under {script_args.data_dir}: skipped {summary['skipped']}")

@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -116,9 +117,10 @@ def group_of(path: Path, data_dir: Path) -> str:
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer_dir: str) -> None:
+def _init_worker(tokenizer: str | PreTrainedTokenizerBase) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    tokenizer = load_tokenizer(tokenizer_dir)
+    if isinstance(tokenizer, str):
+        tokenizer = load_tokenizer(tokenizer)
     _WORKER["eos"] = tokenizer.eos_token_id
     _WORKER["engine"], _WORKER["encode"] = make_fast_encoder(tokenizer)
 
@@ -136,11 +138,13 @@ def _tokenize_file(job: tuple[str, str]) -> dict:
             skipped += len(texts) - len(good)
             if not good:
                 continue
-            for ids in encode(good):
+            docs = encode(good)
+            for ids in docs:
                 ids.append(eos)
-                np.asarray(ids, dtype=TOKEN_DTYPE).tofile(token_file)
-                lengths.append(len(ids))
-                n_tokens += len(ids)
+            flat = np.fromiter(chain.from_iterable(docs), dtype=TOKEN_DTYPE)
+            flat.tofile(token_file)
+            lengths += [len(ids) for ids in docs]
+            n_tokens += len(flat)
             n_bytes += sum(len(t.encode("utf-8")) for t in good)
     np.save(out + ".lengths.npy", np.asarray(lengths, dtype=np.int64))
     return {
@@ -169,10 +173,11 @@ class TokenCache:
         return np.load(self.path / "doc_starts.npy", mmap_mode="r")
 
 
-def cache_key(files: Sequence[Path], tokenizer: PreTrainedTokenizerBase) -> str:
+def files_fingerprint(files: Sequence[str | Path], tokenizer: PreTrainedTokenizerBase) -> str:
+    """Changes when any input file (path, size, mtime) or the tokenizer changes: a cache key."""
     h = hashlib.sha256()
     h.update(f"v{CACHE_VERSION}|{tokenizer_fingerprint(tokenizer)}|eos={tokenizer.eos_token_id}".encode())
-    for f in files:
+    for f in map(Path, files):
         stat = f.stat()
         h.update(f"|{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
@@ -187,7 +192,7 @@ def build_token_cache(
     num_proc: int = 1,
 ) -> TokenCache:
     """Tokenize ``files`` into a cache (or reuse the one with the same key) and log what it holds."""
-    target = Path(cache_dir) / cache_key(files, tokenizer)
+    target = Path(cache_dir) / files_fingerprint(files, tokenizer)
     if (target / "meta.json").is_file():
         meta = json.loads((target / "meta.json").read_text())
         logger.info(
@@ -210,7 +215,7 @@ def build_token_cache(
                 results.append(result)
                 bar.update()
     else:
-        _init_worker(tokenizer_dir)
+        _init_worker(tokenizer)  # in-process: reuse the tokenizer already loaded
         for job in jobs:
             results.append(_tokenize_file(job))
             bar.update()

@@ -1,0 +1,197 @@
+"""End to end on CPU: each stage's main() trains a tiny model, and what it saves loads and generates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import MINI_DATA, REAL_SAMPLES, TINY_SHAPE, needs_real_samples
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+from trl import DPOConfig, SFTConfig
+
+import mini_qwen_dpo
+import mini_qwen_pt
+import mini_qwen_sft
+from utils.args import parse_args
+from utils.modeling import build_model
+
+
+def losses(trainer) -> list[float]:
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def run_pt(tmp_path, tokenizer_dir, data_dir, *extra: str):
+    argv = [
+        "--data_dir", str(data_dir), "--tokenizer_name_or_path", str(tokenizer_dir), *TINY_SHAPE,
+        "--vocab_size", "1024", "--block_size", "64", "--cache_dir", str(tmp_path / "cache"),
+        "--output_dir", str(tmp_path / "pt"), "--max_steps", "20", "--per_device_train_batch_size", "4",
+        "--learning_rate", "5e-3", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
+        "--num_proc", "1", *extra,
+    ]  # fmt: skip
+    return mini_qwen_pt.main(*parse_args((mini_qwen_pt.PTArguments, TrainingArguments), argv))
+
+
+def assert_all_changed(before: dict, model) -> None:
+    after = model.state_dict()
+    unchanged = [name for name, value in before.items() if torch.equal(value, after[name].cpu())]
+    assert unchanged == []
+
+
+def assert_loads_and_generates(path) -> list[int]:
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ids = tokenizer("李白", return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=5, do_sample=False, min_new_tokens=5)
+    assert out.shape[1] == ids.shape[1] + 5
+    config = json.loads((path / "generation_config.json").read_text())
+    assert config["do_sample"] and config["repetition_penalty"] > 1
+    return out[0].tolist()
+
+
+@pytest.fixture(scope="module")
+def pt_run(tmp_path_factory, small_tokenizer_dir):
+    tmp = tmp_path_factory.mktemp("pt")
+    return tmp, run_pt(tmp, small_tokenizer_dir, MINI_DATA / "pt")
+
+
+def test_pt_trains_on_mini_data(pt_run, small_tokenizer_dir):
+    tmp, trainer = pt_run
+    values = losses(trainer)
+    assert all(v == v and v < float("inf") for v in values)
+    assert sum(values[-3:]) / 3 < sum(values[:3]) / 3 - 0.5
+    set_seed(42)
+    shape = mini_qwen_pt.PTArguments(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, intermediate_size=64, vocab_size=1024)  # fmt: skip
+    initial = build_model(shape, attn_implementation="sdpa", bos_token_id=None, eos_token_id=2, pad_token_id=0)
+    assert_all_changed(initial.state_dict(), trainer.model)
+    assert_loads_and_generates(tmp / "pt")
+    assert (tmp / "pt" / "training_curves.png").stat().st_size > 1000
+    info = json.loads((tmp / "pt" / "run_info.json").read_text())
+    assert info["stage"] == "pt" and info["data"]["documents"] >= 200
+
+
+@needs_real_samples
+def test_pt_trains_on_real_samples(tmp_path, qwen_tokenizer_dir):
+    trainer = run_pt(tmp_path, qwen_tokenizer_dir, REAL_SAMPLES / "pt", "--vocab_size", "151936", "--max_steps", "6",
+                     "--learning_rate", "1e-2")  # fmt: skip
+    values = losses(trainer)
+    assert values[-1] < values[0]
+    assert_loads_and_generates(tmp_path / "pt")
+
+
+def test_pt_resume_continues_exactly(tmp_path, small_tokenizer_dir):
+    full = run_pt(tmp_path / "a", small_tokenizer_dir, MINI_DATA / "pt", "--max_steps", "8", "--save_strategy",
+                  "steps", "--save_steps", "4")  # fmt: skip
+    # "Kill" run b after step 4: it only has what was saved then, and resumes from it.
+    (tmp_path / "b" / "pt").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "pt" / "checkpoint-4", tmp_path / "b" / "pt" / "checkpoint-4")
+    resumed = run_pt(tmp_path / "b", small_tokenizer_dir, MINI_DATA / "pt", "--max_steps", "8", "--save_strategy",
+                     "steps", "--save_steps", "4", "--resume_from_checkpoint", "auto")  # fmt: skip
+    after = [h["loss"] for h in resumed.state.log_history if "loss" in h and h["step"] > 4]
+    assert len(after) == 4
+    assert after == pytest.approx(losses(full)[4:], rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def stop_data(tmp_path_factory):
+    """Short conversations a tiny model can learn in a few dozen steps, including when to stop."""
+    folder = tmp_path_factory.mktemp("sft_data")
+    conversations = [
+        [{"from": "human", "value": q}, {"from": "gpt", "value": "Hello!"}] for q in ("Hi", "Hey", "Hello", "Yo")
+    ]
+    conversations.append([{"from": "system", "value": "Be kind."}, *conversations[0]])
+    pq.write_table(pa.table({"id": list(range(5)), "conversations": conversations}), folder / "part.parquet")
+    return folder
+
+
+def run_sft(tmp_path, model_dir, data_dir, *extra: str):
+    argv = [
+        "--model_name_or_path", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "sft"),
+        "--cache_dir", str(tmp_path / "cache"), "--max_length", "128", "--max_steps", "30",
+        "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--logging_steps", "1",
+        "--save_strategy", "no", "--report_to", "none", "--gradient_checkpointing", "false", *extra,
+    ]  # fmt: skip
+    return mini_qwen_sft.main(*parse_args((mini_qwen_sft.SFTArguments, SFTConfig), argv))
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, pt_run, stop_data):
+    tmp = tmp_path_factory.mktemp("sft")
+    pt_dir = pt_run[0] / "pt"
+    before = AutoModelForCausalLM.from_pretrained(pt_dir).state_dict()
+    return tmp, run_sft(tmp, pt_dir, stop_data), before
+
+
+def test_sft_trains_and_learns_to_stop(sft_run):
+    tmp, trainer, before = sft_run
+    values = losses(trainer)
+    assert values[-1] < values[0] / 2
+    assert_all_changed(before, trainer.model)
+    shares = [h["real_token_share"] for h in trainer.state.log_history if "real_token_share" in h]
+    assert shares and min(shares) > 0.5
+    model = AutoModelForCausalLM.from_pretrained(tmp / "sft")
+    tokenizer = AutoTokenizer.from_pretrained(tmp / "sft")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)  # fmt: skip
+    out = model.generate(**prompt, max_new_tokens=20, do_sample=False)
+    reply = out[0, prompt["input_ids"].shape[1] :].tolist()
+    assert reply[-1] == tokenizer.eos_token_id and len(reply) < 20
+    assert tokenizer.decode(reply, skip_special_tokens=True) == "Hello!"
+
+
+def test_sft_on_mini_data_packed_and_padded(tmp_path, pt_run):
+    packed = run_sft(tmp_path / "p", pt_run[0] / "pt", MINI_DATA / "sft", "--max_steps", "4", "--max_length", "256")
+    padded = run_sft(tmp_path / "q", pt_run[0] / "pt", MINI_DATA / "sft", "--max_steps", "4", "--max_length", "256",
+                     "--packing_mode", "padded")  # fmt: skip
+    share = lambda t: [h["real_token_share"] for h in t.state.log_history if "real_token_share" in h]  # noqa: E731
+    assert min(share(packed)) > max(share(padded))
+    assert all(v == v for v in losses(packed) + losses(padded))
+
+
+def run_dpo(tmp_path, model_dir, data_dir, *extra: str):
+    argv = [
+        "--model_name_or_path", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "dpo"),
+        "--max_length", "192", "--max_prompt_length", "64", "--holdout", "4", "--max_steps", "4",
+        "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--logging_steps", "1",
+        "--save_strategy", "no", "--report_to", "none", "--gradient_checkpointing", "false", *extra,
+    ]  # fmt: skip
+    return mini_qwen_dpo.main(*parse_args((mini_qwen_dpo.DPOArguments, DPOConfig), argv))
+
+
+@pytest.mark.parametrize("source", ["mini_data", "real_samples"])
+def test_dpo_trains_and_reports(tmp_path, sft_run, source):
+    data = MINI_DATA / "dpo" if source == "mini_data" else REAL_SAMPLES / "dpo"
+    if not data.is_dir():
+        pytest.skip(f"{data} not found")
+    sft_dir = sft_run[0] / "sft"
+    before = AutoModelForCausalLM.from_pretrained(sft_dir).state_dict()
+    trainer = run_dpo(tmp_path, sft_dir, data)
+    history = trainer.state.log_history
+    assert all(v == v for v in losses(trainer))
+    assert any("rewards/accuracies" in h and "rewards/margins" in h for h in history)
+    assert_all_changed(before, trainer.model)
+    report = json.loads((tmp_path / "dpo" / "preference_report.json").read_text())
+    assert report["heldout_pairs"] == 4
+    for key in ("reference_prefers_chosen", "dpo_prefers_chosen", "dpo_mean_reward_margin"):
+        assert isinstance(report[key], float)
+    assert "SFT reference" in (tmp_path / "dpo" / "preference_report.md").read_text()
+    assert_loads_and_generates(tmp_path / "dpo")
+
+
+def test_dpo_overfits_a_handful_of_pairs(tmp_path, sft_run):
+    rows = [
+        {"prompt": q, "chosen": [{"role": "user", "content": q}, {"role": "assistant", "content": good}],
+         "rejected": [{"role": "user", "content": q}, {"role": "assistant", "content": bad}], "id": i}
+        for i, (q, good, bad) in enumerate([("Hi", "Hello!", "Go away."), ("2+2?", "4", "5"),
+                                            ("Capital of France?", "Paris", "Rome"), ("Sky color?", "Blue", "Green")])
+    ]  # fmt: skip
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "pairs.parquet")
+    trainer = run_dpo(tmp_path, sft_run[0] / "sft", tmp_path / "data", "--holdout", "0", "--max_steps", "25",
+                      "--beta", "0.5", "--learning_rate", "5e-3")  # fmt: skip
+    last = [h for h in trainer.state.log_history if "rewards/accuracies" in h][-1]
+    assert last["rewards/accuracies"] == 1.0 and last["rewards/margins"] > 0
