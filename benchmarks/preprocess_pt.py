@@ -65,9 +65,13 @@ def main() -> None:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(src, dst)
                 files.append(dst)
-        text_mb = sum(
-            sum(len(t.encode()) for t in pq.read_table(f, columns=["text"]).column(0).to_pylist() if t) for f in files
-        ) / 1e6
+        text_mb = (
+            sum(
+                sum(len(t.encode()) for t in pq.read_table(f, columns=["text"]).column(0).to_pylist() if t)
+                for f in files
+            )
+            / 1e6
+        )
 
         start = time.perf_counter()
         cache = build_token_cache(files, Path(tmp) / "data", tokenizer, args.tokenizer, Path(tmp) / "ours", 1)

@@ -18,7 +18,8 @@ from utils.generation import CollectingStreamer, build_generation_config, genera
 
 def test_repetition_metrics_on_known_text():
     looping = [1, 2, 3, 4] * 25
-    assert repeated_ngram_share(looping, 4) == pytest.approx(93 / 97)  # 4 distinct rotations, the other 93 of 97 repeat
+    # 97 4-grams, 4 distinct rotations: the other 93 repeat an earlier one.
+    assert repeated_ngram_share(looping, 4) == pytest.approx(93 / 97)
     assert repeated_ngram_share(list(range(100)), 4) == 0.0
     assert distinct_n(list(range(50)), 2) == 1.0
     assert distinct_n([7] * 50, 2) == pytest.approx(1 / 49)

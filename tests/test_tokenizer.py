@@ -38,7 +38,8 @@ def test_documented_ids(qwen_tokenizer):
     assert qwen_tokenizer("<|im_start|>assistant\n")["input_ids"] == [151644, 77091, 198]
     assert qwen_tokenizer("Hello world 12345")["input_ids"] == [9707, 1879, 220, 16, 17, 18, 19, 20]
     text = "<|im_start|>user\n李白是谁？<|im_end|>\n<|im_start|>assistant\n"
-    assert qwen_tokenizer(text)["input_ids"] == [151644, 872, 198, 115187, 105518, 11319, 151645, 198, 151644, 77091, 198]
+    expected = [151644, 872, 198, 115187, 105518, 11319, 151645, 198, 151644, 77091, 198]
+    assert qwen_tokenizer(text)["input_ids"] == expected
 
 
 def test_special_tokens_at_exact_ids(qwen_tokenizer):
