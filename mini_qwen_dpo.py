@@ -180,7 +180,7 @@ def main(script_args: DPOArguments, training_args: DPOConfig) -> DPOTrainer:
 
     attn = select_attn_implementation(script_args.attn_implementation)
     model = load_causal_lm(script_args.model_name_or_path, attn)
-    log_batch_geometry(training_args)
+    global_batch = log_batch_geometry(training_args)
     guard = NonFiniteLossCallback()
     trainer = DPOTrainer(
         model=model,
@@ -190,7 +190,14 @@ def main(script_args: DPOArguments, training_args: DPOConfig) -> DPOTrainer:
         callbacks=[guard],
     )
     if trainer.is_world_process_zero():
-        write_run_info(training_args.output_dir, "dpo", script_args, training_args, data_summary=summary)
+        write_run_info(
+            training_args.output_dir,
+            "dpo",
+            script_args,
+            training_args,
+            data_summary=summary,
+            global_batch_size=global_batch,
+        )
     trainer.train(resume_from_checkpoint=resolve_resume(training_args))
     check_diverged(guard, training_args.output_dir)
     save_final(trainer, tokenizer, training_args.output_dir)

@@ -107,7 +107,7 @@ def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
     )
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"vocab_size={model.config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
-    log_batch_geometry(training_args, script_args.block_size)
+    global_batch = log_batch_geometry(training_args, script_args.block_size)
 
     guard = NonFiniteLossCallback()
     trainer = Trainer(
@@ -119,7 +119,14 @@ def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
         callbacks=[guard],
     )
     if trainer.is_world_process_zero():
-        write_run_info(training_args.output_dir, "pt", script_args, training_args, data_summary=cache.meta)
+        write_run_info(
+            training_args.output_dir,
+            "pt",
+            script_args,
+            training_args,
+            data_summary=cache.meta,
+            global_batch_size=global_batch,
+        )
     trainer.train(resume_from_checkpoint=resolve_resume(training_args))
     check_diverged(guard, training_args.output_dir)
     save_final(trainer, tokenizer, training_args.output_dir)

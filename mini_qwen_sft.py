@@ -172,7 +172,7 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
     attn = select_attn_implementation(script_args.attn_implementation)
     model = load_causal_lm(script_args.model_name_or_path, attn)
     collator = PackedCollator(attn, tokenizer.pad_token_id, isolate=script_args.packing_mode == "isolated")
-    log_batch_geometry(training_args)
+    global_batch = log_batch_geometry(training_args)
     # Rows are already tokenized, labelled and packed: TRL's own preparation would only redo it.
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     training_args.remove_unused_columns = False
@@ -187,7 +187,14 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
         callbacks=[guard, RealTokenShareCallback(collator)],
     )
     if trainer.is_world_process_zero():
-        write_run_info(training_args.output_dir, "sft", script_args, training_args, data_summary=summary)
+        write_run_info(
+            training_args.output_dir,
+            "sft",
+            script_args,
+            training_args,
+            data_summary=summary,
+            global_batch_size=global_batch,
+        )
     trainer.train(resume_from_checkpoint=resolve_resume(training_args))
     check_diverged(guard, training_args.output_dir)
     save_final(trainer, tokenizer, training_args.output_dir)

@@ -18,4 +18,4 @@ def ensure_demo_tokenizer() -> None:
     """Train the small demo tokenizer on mini_data once; later runs reuse it."""
     from utils.tokenizer import main as tokenizer_main
 
-    tokenizer_main(["--train_from", "mini_data", "--vocab_size", "8000", "--output_dir", DEMO_TOKENIZER])
+    tokenizer_main(["--train_from", "mini_data", "--vocab_size", "4000", "--output_dir", DEMO_TOKENIZER])

@@ -1,7 +1,7 @@
 """The whole demo in one command: PT -> SFT -> DPO -> side-by-side answers, on the bundled mini_data.
 
     python -m demo.run_all                          # what `bash run.sh demo` runs
-    python -m demo.run_all --max_steps 20 --output_root /tmp/demo   # shorter, elsewhere
+    python -m demo.run_all --max_steps 20 --logging_steps 5 --output_root /tmp/demo   # shorter, elsewhere
 
 Each stage is the real stage ``main()`` with its demo recipe (configs/*_demo.yaml); the flags here only
 override where outputs go and, optionally, the number of steps of every stage.
@@ -24,13 +24,20 @@ def losses(run_dir: Path) -> list[float]:
     return [h["loss"] for h in find_log_history(run_dir) if "loss" in h]
 
 
-def run(output_root: str = "results/demo", max_steps: int | None = None, prompts: int = 4) -> dict:
+def run(
+    output_root: str = "results/demo", max_steps: int | None = None, prompts: int = 4, logging_steps: int | None = None
+) -> dict:
     root = Path(output_root)
     steps = ["--max_steps", str(max_steps)] if max_steps else []
+    steps += ["--logging_steps", str(logging_steps)] if logging_steps else []
     start = time.perf_counter()
+    timings = {}
     demo_pt.run(["--output_dir", str(root / "pt"), *steps])
+    timings["pt"] = time.perf_counter() - start
     demo_sft.run(["--model_name_or_path", str(root / "pt"), "--output_dir", str(root / "sft"), *steps])
+    timings["sft"] = time.perf_counter() - start - sum(timings.values())
     demo_dpo.run(["--model_name_or_path", str(root / "sft"), "--output_dir", str(root / "dpo"), *steps])
+    timings["dpo"] = time.perf_counter() - start - sum(timings.values())
 
     prompt_file = root / "demo_prompts.jsonl"
     lines = Path("mini_data/eval_prompts.jsonl").read_text(encoding="utf-8").splitlines()[:prompts]
@@ -43,22 +50,30 @@ def run(output_root: str = "results/demo", max_steps: int | None = None, prompts
             eval_max_tokens=4000,
             block_size=256,
             output_dir=str(root / "eval"),
-            max_new_tokens=96,
+            max_new_tokens=128,
+            # A repetition penalty pushes a model this small towards ever-new tokens (it drifts into
+            # digit soup); real checkpoints are evaluated with their own generation_config.json.
+            temperature=0.5,
+            top_k=10,
+            repetition_penalty=1.0,
         )
     )
     seconds = time.perf_counter() - start
+    timings["eval"] = seconds - sum(timings.values())
 
-    pt_losses = {stage: losses(root / stage) for stage in ("pt", "sft", "dpo")}
+    stage_losses = {stage: losses(root / stage) for stage in ("pt", "sft", "dpo")}
+    chat_rows = [row for row in rows if row["mode"] == "chat"]
     print("\n" + "=" * 72)
-    for row in rows:
-        if row["model"].endswith(("sft", "dpo")):
-            name, stop = Path(row["model"]).name, row["ended_with_eos"]
-            print(f"[{name}] {row['prompt']}\n  -> {row['output']!r}  (ended at <|im_end|>: {stop})")
+    for row in chat_rows:
+        name, stop = Path(row["model"]).name, row["ended_with_eos"]
+        print(f"[{name}] {row['prompt']}\n  -> {row['output']!r}  (ended at <|im_end|>: {stop})")
     print((root / "eval" / "report.md").read_text(encoding="utf-8"))
-    for stage, values in pt_losses.items():
-        print(f"{stage.upper()} loss: first {values[0]:.3f} -> last {values[-1]:.3f}")
+    for stage, values in stage_losses.items():
+        print(f"{stage.upper()} loss: first {values[0]:.3f} -> last {values[-1]:.3f}  ({timings[stage]:.0f} s)")
+    ended = sum(row["ended_with_eos"] for row in chat_rows)
+    print(f"Chat answers that ended at <|im_end|>: {ended} of {len(chat_rows)} (the rest hit max_new_tokens)")
     print(f"Demo finished in {seconds / 60:.1f} min ({seconds:.0f} s). Outputs under {root}/")
-    summary = {"seconds": seconds, "losses": pt_losses, "generations": rows}
+    summary = {"seconds": seconds, "timings": timings, "losses": stage_losses, "generations": rows}
     (root / "demo_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     return summary
 
@@ -68,8 +83,9 @@ def main() -> None:
     parser.add_argument("--output_root", default="results/demo", help="Folder for the three checkpoints and eval.")
     parser.add_argument("--max_steps", type=int, default=None, help="Override every stage's step count.")
     parser.add_argument("--prompts", type=int, default=4, help="How many of the eval prompts to answer.")
+    parser.add_argument("--logging_steps", type=int, default=None, help="Override every stage's logging interval.")
     args = parser.parse_args()
-    run(args.output_root, args.max_steps, args.prompts)
+    run(args.output_root, args.max_steps, args.prompts, args.logging_steps)
 
 
 if __name__ == "__main__":

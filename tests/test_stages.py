@@ -195,3 +195,10 @@ def test_dpo_overfits_a_handful_of_pairs(tmp_path, sft_run):
                       "--beta", "0.5", "--learning_rate", "5e-3")  # fmt: skip
     last = [h for h in trainer.state.log_history if "rewards/accuracies" in h][-1]
     assert last["rewards/accuracies"] == 1.0 and last["rewards/margins"] > 0
+
+
+def test_nan_loss_stops_without_saving(tmp_path, small_tokenizer_dir):
+    with pytest.raises(RuntimeError, match=r"NaN/inf at step \d+.*Last good checkpoint: none"):
+        run_pt(tmp_path, small_tokenizer_dir, MINI_DATA / "pt", "--learning_rate", "1e30", "--max_steps", "5",
+               "--max_grad_norm", "0")  # fmt: skip
+    assert not (tmp_path / "pt" / "model.safetensors").exists()

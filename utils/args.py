@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from transformers import HfArgumentParser
 
@@ -69,10 +71,19 @@ def parse_args(dataclass_types: tuple[type, ...], argv: list[str] | None = None)
         # Precision is chosen from the hardware by the stages' ``precision`` argument instead;
         # a recipe or flag that sets bf16/fp16 explicitly still wins (argparse keeps the last value).
         rest = ["--bf16", "False"] + rest
+    if _cpu_multiprocess() and any("ddp_backend" in {f.name for f in fields(t)} for t in dataclass_types):
+        # A CPU-only multi-process launch (DeepSpeed on CPU, as CI runs it) needs gloo named before the
+        # training arguments are built: otherwise accelerate finds no backend, every process believes
+        # it is alone, and DeepSpeed's batch-size check fails.
+        rest = ["--ddp_backend", "gloo"] + rest
     *parsed, unknown = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
     if unknown:
         raise SystemExit(f"unknown argument(s): {' '.join(unknown)}  (see --help)")
     return tuple(parsed)
+
+
+def _cpu_multiprocess() -> bool:
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
 
 
 def _recipe_to_flags(recipe: dict[str, Any]) -> list[str]:
@@ -121,8 +132,11 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def write_run_info(output_dir: str | Path, stage: str, *arg_objects: Any, data_summary: dict | None = None) -> Path:
-    """Write the stage, resolved arguments, package versions, git commit and data summary next to the run."""
+def write_run_info(
+    output_dir: str | Path, stage: str, *arg_objects: Any, data_summary: dict | None = None, **facts: Any
+) -> Path:
+    """Write the stage, resolved arguments, package versions, git commit, data summary and ``facts``
+    (e.g. the global batch size) next to the run."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {
@@ -132,6 +146,7 @@ def write_run_info(output_dir: str | Path, stage: str, *arg_objects: Any, data_s
         "versions": _package_versions(),
         "git_commit": _git_commit(),
         "data": data_summary or {},
+        **facts,
     }
     path = out / RUN_INFO_FILE
     path.write_text(json.dumps(info, indent=2, ensure_ascii=False))

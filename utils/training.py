@@ -59,8 +59,8 @@ def resolve_resume(args: TrainingArguments) -> str | None:
     return value
 
 
-def log_batch_geometry(args: TrainingArguments, tokens_per_sample: int | None = None) -> None:
-    """The global batch is what the optimizer sees: per-device x accumulation x processes."""
+def log_batch_geometry(args: TrainingArguments, tokens_per_sample: int | None = None) -> int:
+    """Log and return the global batch, what the optimizer sees: per-device x accumulation x processes."""
     global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     extra = f" = {global_batch * tokens_per_sample:,} tokens" if tokens_per_sample else ""
     logger.info(
@@ -71,6 +71,7 @@ def log_batch_geometry(args: TrainingArguments, tokens_per_sample: int | None = 
         global_batch,
         extra,
     )
+    return global_batch
 
 
 class NonFiniteLossCallback(TrainerCallback):
