@@ -39,6 +39,7 @@ from utils.training import (
     NonFiniteLossCallback,
     apply_precision,
     check_diverged,
+    finish,
     log_batch_geometry,
     resolve_resume,
     save_final,
@@ -181,7 +182,7 @@ def main(script_args: DPOArguments, training_args: DPOConfig) -> DPOTrainer:
     attn = select_attn_implementation(script_args.attn_implementation)
     model = load_causal_lm(script_args.model_name_or_path, attn)
     global_batch = log_batch_geometry(training_args)
-    guard = NonFiniteLossCallback()
+    guard = NonFiniteLossCallback(training_args)
     trainer = DPOTrainer(
         model=model,
         args=training_args,
@@ -215,6 +216,7 @@ def main(script_args: DPOArguments, training_args: DPOConfig) -> DPOTrainer:
             100 * report["dpo_prefers_chosen"],
             report["dpo_mean_reward_margin"],
         )
+    finish(trainer)
     return trainer
 
 

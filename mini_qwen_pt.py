@@ -36,6 +36,7 @@ from utils.training import (
     NonFiniteLossCallback,
     apply_precision,
     check_diverged,
+    finish,
     log_batch_geometry,
     resolve_resume,
     save_final,
@@ -109,7 +110,7 @@ def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
         raise ValueError(f"vocab_size={model.config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
     global_batch = log_batch_geometry(training_args, script_args.block_size)
 
-    guard = NonFiniteLossCallback()
+    guard = NonFiniteLossCallback(training_args)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -130,6 +131,7 @@ def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
     trainer.train(resume_from_checkpoint=resolve_resume(training_args))
     check_diverged(guard, training_args.output_dir)
     save_final(trainer, tokenizer, training_args.output_dir)
+    finish(trainer)
     return trainer
 
 

@@ -37,6 +37,7 @@ from utils.training import (
     RealTokenShareCallback,
     apply_precision,
     check_diverged,
+    finish,
     log_batch_geometry,
     resolve_resume,
     save_final,
@@ -177,7 +178,7 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     training_args.remove_unused_columns = False
 
-    guard = NonFiniteLossCallback()
+    guard = NonFiniteLossCallback(training_args)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -198,6 +199,7 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
     trainer.train(resume_from_checkpoint=resolve_resume(training_args))
     check_diverged(guard, training_args.output_dir)
     save_final(trainer, tokenizer, training_args.output_dir)
+    finish(trainer)
     return trainer
 
 

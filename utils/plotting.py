@@ -21,7 +21,15 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 logger = logging.getLogger(__name__)
 
 # Curves drawn when present in the log history, one panel each; DPO adds its reward metrics.
-DEFAULT_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", "rewards/margins", "rewards/accuracies")
+DEFAULT_KEYS = (
+    "loss",
+    "eval_loss",
+    "learning_rate",
+    "grad_norm",
+    "real_token_share",
+    "rewards/margins",
+    "rewards/accuracies",
+)
 
 
 def find_log_history(run_dir: str | Path) -> list[dict]:

@@ -75,9 +75,14 @@ def log_batch_geometry(args: TrainingArguments, tokens_per_sample: int | None = 
 
 
 class NonFiniteLossCallback(TrainerCallback):
-    """Stop at the first NaN/inf training loss without saving the broken weights."""
+    """Stop at the first NaN/inf training loss without saving the broken weights.
 
-    def __init__(self) -> None:
+    The trainer's default ``logging_nan_inf_filter`` would replace a NaN loss by the running mean
+    before it is logged, hiding the divergence, so the guard turns that filter off.
+    """
+
+    def __init__(self, args: TrainingArguments) -> None:
+        args.logging_nan_inf_filter = False
         self.bad_step: int | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -134,12 +139,29 @@ def save_final(trainer, tokenizer: PreTrainedTokenizerBase, output_dir: str) -> 
 
 
 class RealTokenShareCallback(TrainerCallback):
-    """Adds ``real_token_share`` (real / computed tokens since the last log) to the training logs."""
+    """Records ``real_token_share`` (real / computed tokens since the last log) in the log history.
+
+    The trainer has already copied ``logs`` into the history when callbacks see it, so the share is
+    appended as its own entry (it reaches trainer_state.json and the curves) and printed.
+    """
 
     def __init__(self, collator) -> None:
         self.collator = collator
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         share = self.collator.take_real_token_share()
-        if share is not None and logs is not None:
-            logs["real_token_share"] = round(share, 4)
+        if share is not None and "loss" in (logs or {}):
+            state.log_history.append({"real_token_share": round(share, 4), "step": state.global_step})
+            if state.is_world_process_zero:
+                logger.info("step %d: real-token share %.1f%%", state.global_step, 100 * share)
+
+
+def finish(trainer) -> None:
+    """Let every process reach the end before any exits, then close the process group.
+
+    Without this a non-main process can exit while the main one still writes the final files, and
+    the collective threads it leaves behind abort at interpreter exit (seen with ZeRO-3 on CPU).
+    """
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
