@@ -51,11 +51,6 @@ def run(
             block_size=256,
             output_dir=str(root / "eval"),
             max_new_tokens=128,
-            # A repetition penalty pushes a model this small towards ever-new tokens (it drifts into
-            # digit soup); real checkpoints are evaluated with their own generation_config.json.
-            temperature=0.5,
-            top_k=10,
-            repetition_penalty=1.0,
         )
     )
     seconds = time.perf_counter() - start
