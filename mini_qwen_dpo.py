@@ -29,21 +29,20 @@ import torch
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
-from utils.args import parse_args, write_run_info
+from utils.args import parse_args
 from utils.chat import SkipRow, pair_token_ids, preference_pair, prompt_ids
 from utils.data import DataError, SkipCounter, find_parquet_files, read_rows
 from utils.evaluation import completion_logprob
 from utils.modeling import load_causal_lm, select_attn_implementation
 from utils.tokenizer import load_tokenizer
 from utils.training import (
+    HardwareArguments,
     NonFiniteLossCallback,
     apply_precision,
-    check_diverged,
     finish,
     log_batch_geometry,
-    resolve_resume,
-    save_final,
     setup_logging,
+    train_and_save,
 )
 
 logger = logging.getLogger("mini_qwen")
@@ -52,7 +51,7 @@ PREFERENCE_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
 @dataclass
-class DPOArguments:
+class DPOArguments(HardwareArguments):
     model_name_or_path: str = field(
         default="results/sft",
         metadata={
@@ -68,10 +67,6 @@ class DPOArguments:
         default=0.05,
         metadata={"help": "Pairs held out of training for the final report: a share (<1) or a count (>=1)."},
     )
-    attn_implementation: str = field(
-        default="auto", metadata={"help": "auto (flash_attention_2 if usable, else sdpa), sdpa, eager, ..."}
-    )
-    precision: str = field(default="auto", metadata={"help": "auto, bf16, fp16 or fp32."})
 
 
 def load_preference_pairs(data_dir: str, tokenizer, max_prompt_length: int) -> tuple[list[dict], dict]:
@@ -190,18 +185,7 @@ def main(script_args: DPOArguments, training_args: DPOConfig) -> DPOTrainer:
         processing_class=tokenizer,
         callbacks=[guard],
     )
-    if trainer.is_world_process_zero():
-        write_run_info(
-            training_args.output_dir,
-            "dpo",
-            script_args,
-            training_args,
-            data_summary=summary,
-            global_batch_size=global_batch,
-        )
-    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
-    check_diverged(guard, training_args.output_dir)
-    save_final(trainer, tokenizer, training_args.output_dir)
+    train_and_save(trainer, guard, tokenizer, "dpo", script_args, data_summary=summary, global_batch_size=global_batch)
 
     if heldout_rows and trainer.is_world_process_zero():
         policy = load_causal_lm(training_args.output_dir, attn).to(trainer.args.device).eval()

@@ -27,27 +27,26 @@ from dataclasses import dataclass, field
 
 from transformers import Trainer, TrainingArguments, set_seed
 
-from utils.args import parse_args, write_run_info
+from utils.args import parse_args
 from utils.data import find_parquet_files
 from utils.modeling import ModelShapeArguments, build_model, select_attn_implementation
 from utils.packing import PackedCollator, PackedDataset, build_token_cache
 from utils.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 from utils.training import (
+    HardwareArguments,
     NonFiniteLossCallback,
     apply_precision,
-    check_diverged,
     finish,
     log_batch_geometry,
-    resolve_resume,
-    save_final,
     setup_logging,
+    train_and_save,
 )
 
 logger = logging.getLogger("mini_qwen")
 
 
 @dataclass
-class PTArguments(ModelShapeArguments):
+class PTArguments(ModelShapeArguments, HardwareArguments):
     data_dir: str = field(default="data/pt", metadata={"help": "Folder searched (any depth) for *.parquet."})
     domains: list[str] | None = field(
         default=None, metadata={"help": "Keep only these domain folders (IndustryCorpus2 names)."}
@@ -64,10 +63,6 @@ class PTArguments(ModelShapeArguments):
     num_proc: int = field(
         default=min(8, os.cpu_count() or 1), metadata={"help": "Processes that tokenize files in parallel."}
     )
-    attn_implementation: str = field(
-        default="auto", metadata={"help": "auto (flash_attention_2 if usable, else sdpa), sdpa, eager, ..."}
-    )
-    precision: str = field(default="auto", metadata={"help": "auto, bf16, fp16 or fp32."})
 
 
 def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
@@ -119,18 +114,9 @@ def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
         processing_class=tokenizer,
         callbacks=[guard],
     )
-    if trainer.is_world_process_zero():
-        write_run_info(
-            training_args.output_dir,
-            "pt",
-            script_args,
-            training_args,
-            data_summary=cache.meta,
-            global_batch_size=global_batch,
-        )
-    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
-    check_diverged(guard, training_args.output_dir)
-    save_final(trainer, tokenizer, training_args.output_dir)
+    train_and_save(
+        trainer, guard, tokenizer, "pt", script_args, data_summary=cache.meta, global_batch_size=global_batch
+    )
     finish(trainer)
     return trainer
 

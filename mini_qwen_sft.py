@@ -26,29 +26,28 @@ from dataclasses import dataclass, field
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer, pack_dataset
 
-from utils.args import parse_args, write_run_info
+from utils.args import parse_args
 from utils.chat import SkipRow, conversation_to_messages, encode_chat
 from utils.data import DataError, SkipCounter, find_parquet_files, read_rows
 from utils.modeling import load_causal_lm, select_attn_implementation
 from utils.packing import PackedCollator, files_fingerprint
 from utils.tokenizer import load_tokenizer
 from utils.training import (
+    HardwareArguments,
     NonFiniteLossCallback,
     RealTokenShareCallback,
     apply_precision,
-    check_diverged,
     finish,
     log_batch_geometry,
-    resolve_resume,
-    save_final,
     setup_logging,
+    train_and_save,
 )
 
 logger = logging.getLogger("mini_qwen")
 
 
 @dataclass
-class SFTArguments:
+class SFTArguments(HardwareArguments):
     model_name_or_path: str = field(
         default="results/pt", metadata={"help": "Checkpoint to fine-tune (the PT output); its tokenizer is used."}
     )
@@ -65,10 +64,6 @@ class SFTArguments:
             "choices": ["isolated", "padded"],
         },
     )
-    attn_implementation: str = field(
-        default="auto", metadata={"help": "auto (flash_attention_2 if usable, else sdpa), sdpa, eager, ..."}
-    )
-    precision: str = field(default="auto", metadata={"help": "auto, bf16, fp16 or fp32."})
     cache_dir: str = field(default="cache/sft", metadata={"help": "Where tokenized conversations are cached."})
 
 
@@ -187,18 +182,7 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
         data_collator=collator,
         callbacks=[guard, RealTokenShareCallback(collator)],
     )
-    if trainer.is_world_process_zero():
-        write_run_info(
-            training_args.output_dir,
-            "sft",
-            script_args,
-            training_args,
-            data_summary=summary,
-            global_batch_size=global_batch,
-        )
-    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
-    check_diverged(guard, training_args.output_dir)
-    save_final(trainer, tokenizer, training_args.output_dir)
+    train_and_save(trainer, guard, tokenizer, "sft", script_args, data_summary=summary, global_batch_size=global_batch)
     finish(trainer)
     return trainer
 

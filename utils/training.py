@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -11,10 +12,23 @@ import transformers
 from transformers import GenerationConfig, PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from utils.args import write_run_info
 from utils.modeling import select_precision
 from utils.plotting import plot_loss
 
 logger = logging.getLogger("mini_qwen")
+
+
+@dataclass
+class HardwareArguments:
+    """Every stage's hardware choices; ``auto`` decides from what is installed and present."""
+
+    attn_implementation: str = field(
+        default="auto", metadata={"help": "auto (flash_attention_2 if usable, else sdpa), sdpa, eager, ..."}
+    )
+    precision: str = field(
+        default="auto", metadata={"help": "auto (bf16/fp16 on GPUs, fp32 on CPU), bf16, fp16, fp32."}
+    )
 
 
 def setup_logging(args: TrainingArguments) -> None:
@@ -165,3 +179,13 @@ def finish(trainer) -> None:
     trainer.accelerator.wait_for_everyone()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def train_and_save(trainer, guard: NonFiniteLossCallback, tokenizer, stage: str, script_args, **run_facts) -> None:
+    """Record the run, train (resuming if asked), stop on divergence, save the final model."""
+    args = trainer.args
+    if trainer.is_world_process_zero():
+        write_run_info(args.output_dir, stage, script_args, args, **run_facts)
+    trainer.train(resume_from_checkpoint=resolve_resume(args))
+    check_diverged(guard, args.output_dir)
+    save_final(trainer, tokenizer, args.output_dir)
