@@ -11,7 +11,8 @@ Batch mode: every prompt through every checkpoint, plus perplexity / bits-per-by
     python mini_qwen_eval.py --model_name_or_path results/pt results/sft results/dpo \\
         --prompts mini_data/eval_prompts.jsonl --eval_data mini_data/pt --output_dir results/eval
 
-writes ``generations.jsonl`` and ``report.md`` (outputs side by side, repetition metrics, perplexity).
+writes ``generations.jsonl``, ``metrics.json`` and ``report.md`` (outputs side by side, repetition metrics,
+perplexity); ``--decoding greedy sample`` adds one column per checkpoint and decoding.
 Sampling defaults come from each checkpoint's generation_config.json; ``--do_sample False`` is greedy.
 """
 
@@ -68,6 +69,14 @@ class EvalArguments:
     top_k: int | None = field(default=None, metadata={"help": "Default: the checkpoint's (20)."})
     repetition_penalty: float | None = field(default=None, metadata={"help": "Default: the checkpoint's (1.1)."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "Default: the checkpoint's (512)."})
+    decoding: list[str] = field(
+        default_factory=lambda: ["default"],
+        metadata={
+            "help": "Batch mode: one or more of default (the checkpoint's generation_config + flags), greedy, "
+            "sample; each checkpoint x decoding becomes a column of the report.",
+            "choices": ["default", "greedy", "sample"],
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Sampling seed (batch mode is reproducible)."})
     attn_implementation: str = field(default="auto", metadata={"help": "auto, sdpa, eager, flash_attention_2."})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda."})
@@ -123,48 +132,58 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int, block_size: 
 
 
 def batch(args: EvalArguments) -> list[dict]:
-    """Every prompt through every checkpoint -> generations.jsonl and report.md in output_dir."""
+    """Every prompt through every checkpoint and decoding -> generations.jsonl, report.md, metrics.json."""
     prompts = read_prompts(args.prompts)
     texts = read_eval_texts(args.eval_data) if args.eval_data else None
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, metrics = [], {}
+    rows, metrics, columns = [], {}, []
     for path in args.model_name_or_path:
         model, tokenizer, chat = load(path, args)
-        config = build_generation_config(model, **args.sampling())
-        torch.manual_seed(args.seed)
-        for prompt in prompts:
-            query = [{"role": "user", "content": prompt}] if chat else prompt
-            if chat and args.system_prompt:
-                query.insert(0, {"role": "system", "content": args.system_prompt})
-            result = generate(model, tokenizer, query, config)
-            rows.append(
-                {
-                    "model": path,
-                    "mode": "chat" if chat else "raw",
-                    "prompt": prompt,
-                    "output": result.text,
-                    "new_tokens": len(result.token_ids),
-                    "ended_with_eos": result.ended_with_eos,
-                    "repeated_4gram_share": round(repeated_ngram_share(result.token_ids, 4), 4),
-                    "distinct_2": round(distinct_n(result.token_ids, 2), 4),
-                }
-            )
-        mine = [r for r in rows if r["model"] == path]
-        metrics[path] = {
-            "decoding": "sample" if config.do_sample else "greedy",
-            "ended_with_eos": sum(r["ended_with_eos"] for r in mine) / len(mine),
-            "repeated_4gram_share": sum(r["repeated_4gram_share"] for r in mine) / len(mine),
-            "distinct_2": sum(r["distinct_2"] for r in mine) / len(mine),
-        }
-        if texts:
-            metrics[path].update(perplexity(model, tokenizer, texts, args.eval_max_tokens, args.block_size))
+        scores = perplexity(model, tokenizer, texts, args.eval_max_tokens, args.block_size) if texts else {}
+        for decoding in args.decoding:
+            label = Path(path).name or path
+            label = f"{label} ({decoding})" if len(args.decoding) > 1 else label
+            label = label if label not in columns else f"{label} #{len(columns) + 1}"
+            columns.append(label)
+            overrides = args.sampling()
+            if decoding != "default":
+                overrides["do_sample"] = decoding == "sample"
+            config = build_generation_config(model, **overrides)
+            torch.manual_seed(args.seed)
+            mine = [_answer(model, tokenizer, chat, prompt, config, args.system_prompt) for prompt in prompts]
+            for row in mine:
+                row.update(model=path, decoding=decoding, column=label)
+            rows += mine
+            metrics[label] = {
+                "decoding": "sample" if config.do_sample else "greedy",
+                "ended_with_eos": sum(r["ended_with_eos"] for r in mine) / len(mine),
+                "repeated_4gram_share": sum(r["repeated_4gram_share"] for r in mine) / len(mine),
+                "distinct_2": sum(r["distinct_2"] for r in mine) / len(mine),
+                **scores,
+            }
     with open(out / "generations.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (out / "report.md").write_text(render_report(prompts, rows, metrics, args.model_name_or_path), encoding="utf-8")
+    (out / "report.md").write_text(render_report(prompts, rows, metrics, columns), encoding="utf-8")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return rows
+
+
+def _answer(model, tokenizer, chat: bool, prompt: str, config, system_prompt: str | None) -> dict:
+    query = [{"role": "user", "content": prompt}] if chat else prompt
+    if chat and system_prompt:
+        query.insert(0, {"role": "system", "content": system_prompt})
+    result = generate(model, tokenizer, query, config)
+    return {
+        "mode": "chat" if chat else "raw",
+        "prompt": prompt,
+        "output": result.text,
+        "new_tokens": len(result.token_ids),
+        "ended_with_eos": result.ended_with_eos,
+        "repeated_4gram_share": round(repeated_ngram_share(result.token_ids, 4), 4),
+        "distinct_2": round(distinct_n(result.token_ids, 2), 4),
+    }
 
 
 def _cell(text: str, limit: int = 300) -> str:
@@ -172,17 +191,16 @@ def _cell(text: str, limit: int = 300) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
 
-def render_report(prompts: list[str], rows: list[dict], metrics: dict, models: list[str]) -> str:
-    names = [Path(m).name or m for m in models]
-    lines = ["# Side-by-side generations", "", "| prompt | " + " | ".join(names) + " |"]
-    lines.append("|---" * (len(models) + 1) + "|")
+def render_report(prompts: list[str], rows: list[dict], metrics: dict, columns: list[str]) -> str:
+    lines = ["# Side-by-side generations", "", "| prompt | " + " | ".join(columns) + " |"]
+    lines.append("|---" * (len(columns) + 1) + "|")
     for prompt in prompts:
-        cells = [_cell(next(r["output"] for r in rows if r["model"] == m and r["prompt"] == prompt)) for m in models]
+        cells = [_cell(next(r["output"] for r in rows if r["column"] == c and r["prompt"] == prompt)) for c in columns]
         lines.append(f"| {_cell(prompt, 80)} | " + " | ".join(cells) + " |")
     keys = sorted({k for m in metrics.values() for k in m})
-    lines += ["", "# Metrics", "", "| metric | " + " | ".join(names) + " |", "|---" * (len(models) + 1) + "|"]
+    lines += ["", "# Metrics", "", "| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for key in keys:
-        values = [metrics[m].get(key, "") for m in models]
+        values = [metrics[c].get(key, "") for c in columns]
         lines.append(f"| {key} | " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values) + " |")
     return "\n".join(lines) + "\n"
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 
 import pytest
 from conftest import TINY_SHAPE
 from transformers import AutoModelForCausalLM, TrainingArguments
 
 import mini_qwen_eval
-from mini_qwen_eval import EvalArguments
+from mini_qwen_eval import EvalArguments, _cell
 from utils.evaluation import distinct_n, perplexity_and_bpb, repeated_ngram_share, text_nll
 from utils.generation import CollectingStreamer, build_generation_config, generate, unescape
 
@@ -67,24 +68,29 @@ def test_perplexity_of_memorised_text_is_near_one(memorised):
 
 def test_batch_mode_two_checkpoints(tmp_path, memorised):
     ckpt = memorised[0] / "pt"
+    other = tmp_path / "other"
+    shutil.copytree(ckpt, other)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "The quick"}\n{"prompt": "李白是谁？"}\n', encoding="utf-8")
     (tmp_path / "held.txt").write_text(memorised[1], encoding="utf-8")
     args = EvalArguments(
-        model_name_or_path=[str(ckpt), str(ckpt)], prompts=str(prompts), eval_data=str(tmp_path / "held.txt"),
-        output_dir=str(tmp_path / "out"), max_new_tokens=12, do_sample=False, block_size=32,
+        model_name_or_path=[str(ckpt), str(other)], prompts=str(prompts), eval_data=str(tmp_path / "held.txt"),
+        output_dir=str(tmp_path / "out"), max_new_tokens=12, decoding=["greedy", "sample"], block_size=32,
     )  # fmt: skip
     rows = mini_qwen_eval.main(args)
     lines = [json.loads(x) for x in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
-    assert lines == rows and len(rows) == 4
+    assert lines == rows and len(rows) == 8
+    assert [r["column"] for r in rows[::2]] == ["pt (greedy)", "pt (sample)", "other (greedy)", "other (sample)"]
     first = rows[0]
     assert first["mode"] == "raw" and first["prompt"] == "The quick" and first["output"].startswith(" brown fox")
     assert first["new_tokens"] == 12 and not first["ended_with_eos"]
-    assert rows[0]["output"] == rows[2]["output"]  # greedy: the same checkpoint twice gives the same text
+    assert rows[0]["output"] == rows[4]["output"]  # greedy: the same weights give the same text
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "| The quick | " + first["output"][:20] in report.replace("<br>", "\n")
+    assert "| prompt | pt (greedy) | pt (sample) | other (greedy) | other (sample) |" in report
+    assert "| The quick | " + _cell(first["output"]) in report
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics[str(ckpt)]["perplexity"] < 1.5 and metrics[str(ckpt)]["decoding"] == "greedy"
+    assert metrics["pt (greedy)"]["decoding"] == "greedy" and metrics["other (sample)"]["decoding"] == "sample"
+    assert metrics["pt (greedy)"]["perplexity"] < 1.5 and metrics["other (greedy)"]["repeated_4gram_share"] >= 0
     assert "| perplexity |" in report and "| repeated_4gram_share |" in report
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -52,12 +53,35 @@ def test_run_sh_pt_foreground_then_dpo_in_background(tmp_path, small_tokenizer_d
     assert (tmp_path / "sft" / "model.safetensors").is_file(), log.read_text()[-3000:]
     assert "Saved the final model" in log.read_text()
 
+    # dpo through the multi-process path of run.sh: accelerate launch, DeepSpeed ZeRO-2 on 2 CPU processes.
+    dpo = ["--model_name_or_path", str(tmp_path / "sft"), "--output_dir", str(tmp_path / "dpo"), "--max_steps", "2",
+           "--max_length", "128", "--max_prompt_length", "48", "--holdout", "2", "--report_to", "none"]  # fmt: skip
+    env = {**ENV, "CONFIG": "configs/dpo_demo.yaml", "NUM_GPUS": "2", "MAIN_PROCESS_PORT": str(free_port()),
+           "ACCELERATE_CONFIG": "configs/accelerate/cpu_zero2.yaml"}  # fmt: skip
+    sh("run.sh", "dpo", *dpo, env=env)
+    assert (tmp_path / "dpo" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "dpo" / "run_info.json").read_text())["global_batch_size"] == 4 * 2
+
     out = tmp_path / "eval"
     prompts = tmp_path / "p.txt"
     prompts.write_text("你好\n", encoding="utf-8")
     sh("run.sh", "eval", "--model_name_or_path", str(tmp_path / "sft"), "--prompts", str(prompts),
        "--output_dir", str(out), "--max_new_tokens", "4")  # fmt: skip
     assert (out / "generations.jsonl").read_text(encoding="utf-8").count("\n") == 1
+
+
+def test_run_sh_setup_and_demo(tmp_path):
+    sh("run.sh", "setup")
+    out = sh("run.sh", "demo", "--max_steps", "2", "--logging_steps", "1", "--prompts", "1",
+             "--output_root", str(tmp_path / "demo")).stdout  # fmt: skip
+    assert "PT loss: first" in out and "Demo finished in" in out
+    assert (tmp_path / "demo" / "eval" / "report.md").is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pyarrow as pa
@@ -222,3 +223,9 @@ def test_nan_loss_stops_without_saving(tmp_path, small_tokenizer_dir, monkeypatc
     with pytest.raises(RuntimeError, match=r"NaN/inf at step 3.*Last good checkpoint: none"):
         run_pt(tmp_path, small_tokenizer_dir, MINI_DATA / "pt", "--max_steps", "6")
     assert not (tmp_path / "pt" / "model.safetensors").exists()
+
+
+def test_end_of_run_samples_are_logged(tmp_path, pt_run, stop_data, caplog):
+    with caplog.at_level(logging.INFO, logger="mini_qwen"):
+        run_sft(tmp_path, pt_run[0] / "pt", stop_data, "--max_steps", "2")
+    assert "Sample '李白是谁？' -> " in caplog.text and "Sample 'who are you?' -> " in caplog.text

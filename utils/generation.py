@@ -14,6 +14,8 @@ from utils.args import RUN_INFO_FILE
 from utils.chat import prompt_ids
 
 SAMPLING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
+# What the training stages answer at the end of a run, so the log shows what the model became.
+SAMPLE_PROMPTS = {"chat": ["李白是谁？", "who are you?"], "raw": ["李白是", "The history of"]}
 
 
 @dataclass

@@ -13,6 +13,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase, TrainerCallb
 from transformers.trainer_utils import get_last_checkpoint
 
 from utils.args import write_run_info
+from utils.generation import SAMPLE_PROMPTS, build_generation_config, generate
 from utils.modeling import select_precision
 from utils.plotting import plot_loss
 
@@ -34,9 +35,10 @@ class HardwareArguments:
 def setup_logging(args: TrainingArguments) -> None:
     """INFO on the main process, warnings only on the others, so multi-GPU logs stay readable."""
     level = logging.INFO if args.process_index == 0 else logging.WARNING
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
-    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Our loggers get the level, not the root: a host that configured logging (a notebook, pytest) keeps its own.
+    for name in ("mini_qwen", "utils"):
+        logging.getLogger(name).setLevel(level)
     # transformers at INFO prints every config it loads; our own logger says what matters.
     transformers.utils.logging.set_verbosity(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -189,3 +191,20 @@ def train_and_save(trainer, guard: NonFiniteLossCallback, tokenizer, stage: str,
     trainer.train(resume_from_checkpoint=resolve_resume(args))
     check_diverged(guard, args.output_dir)
     save_final(trainer, tokenizer, args.output_dir)
+    log_samples(trainer, tokenizer, chat=stage != "pt")
+
+
+def log_samples(trainer, tokenizer, chat: bool, max_new_tokens: int = 32) -> None:
+    """A few short answers from the trained model in the log (main process, not under DeepSpeed,
+    where the weights are partitioned: use mini_qwen_eval.py on the saved checkpoint there)."""
+    if not trainer.is_world_process_zero() or trainer.is_deepspeed_enabled:
+        return
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    config = build_generation_config(model, max_new_tokens=max_new_tokens)
+    for prompt in SAMPLE_PROMPTS["chat" if chat else "raw"]:
+        query = [{"role": "user", "content": prompt}] if chat else prompt
+        result = generate(model, tokenizer, query, config)
+        logger.info("Sample %r -> %r%s", prompt, result.text, "" if result.ended_with_eos else " ...")
+    model.train(was_training)
