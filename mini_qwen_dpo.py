@@ -31,13 +31,14 @@ from trl import DPOConfig, DPOTrainer
 
 from utils.args import parse_args
 from utils.chat import SkipRow, pair_token_ids, preference_pair, prompt_ids
+from utils.checkpointing import fault_tolerant
 from utils.data import DataError, SkipCounter, find_parquet_files, read_rows
 from utils.evaluation import completion_logprob
 from utils.modeling import load_causal_lm, select_attn_implementation
 from utils.tokenizer import load_tokenizer
 from utils.training import (
-    HardwareArguments,
     NonFiniteLossCallback,
+    StageArguments,
     apply_precision,
     finish,
     log_batch_geometry,
@@ -51,7 +52,7 @@ PREFERENCE_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
 @dataclass
-class DPOArguments(HardwareArguments):
+class DPOArguments(StageArguments):
     model_name_or_path: str = field(
         default="results/sft",
         metadata={
@@ -178,7 +179,7 @@ def main(script_args: DPOArguments, training_args: DPOConfig) -> DPOTrainer:
     model = load_causal_lm(script_args.model_name_or_path, attn)
     global_batch = log_batch_geometry(training_args)
     guard = NonFiniteLossCallback(training_args)
-    trainer = DPOTrainer(
+    trainer = fault_tolerant(DPOTrainer)(
         model=model,
         args=training_args,
         train_dataset=Dataset.from_list(train_rows),

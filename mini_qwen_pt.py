@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from transformers import Trainer, TrainingArguments, set_seed
 
 from utils.args import parse_args
+from utils.checkpointing import fault_tolerant
 from utils.data import find_parquet_files
 from utils.modeling import ModelShapeArguments, build_model, select_attn_implementation
 from utils.packing import PackedCollator, PackedDataset, build_token_cache
 from utils.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 from utils.training import (
-    HardwareArguments,
     NonFiniteLossCallback,
+    StageArguments,
     apply_precision,
     finish,
     log_batch_geometry,
@@ -46,7 +47,7 @@ logger = logging.getLogger("mini_qwen")
 
 
 @dataclass
-class PTArguments(ModelShapeArguments, HardwareArguments):
+class PTArguments(ModelShapeArguments, StageArguments):
     data_dir: str = field(default="data/pt", metadata={"help": "Folder searched (any depth) for *.parquet."})
     domains: list[str] | None = field(
         default=None, metadata={"help": "Keep only these domain folders (IndustryCorpus2 names)."}
@@ -106,7 +107,7 @@ def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
     global_batch = log_batch_geometry(training_args, script_args.block_size)
 
     guard = NonFiniteLossCallback(training_args)
-    trainer = Trainer(
+    trainer = fault_tolerant(Trainer)(
         model=model,
         args=training_args,
         train_dataset=dataset,

@@ -28,14 +28,15 @@ from trl import SFTConfig, SFTTrainer, pack_dataset
 
 from utils.args import parse_args
 from utils.chat import SkipRow, conversation_to_messages, encode_chat
+from utils.checkpointing import fault_tolerant
 from utils.data import DataError, SkipCounter, find_parquet_files, read_rows
 from utils.modeling import load_causal_lm, select_attn_implementation
 from utils.packing import PackedCollator, files_fingerprint
 from utils.tokenizer import load_tokenizer
 from utils.training import (
-    HardwareArguments,
     NonFiniteLossCallback,
     RealTokenShareCallback,
+    StageArguments,
     apply_precision,
     finish,
     log_batch_geometry,
@@ -47,7 +48,7 @@ logger = logging.getLogger("mini_qwen")
 
 
 @dataclass
-class SFTArguments(HardwareArguments):
+class SFTArguments(StageArguments):
     model_name_or_path: str = field(
         default="results/pt", metadata={"help": "Checkpoint to fine-tune (the PT output); its tokenizer is used."}
     )
@@ -174,7 +175,7 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
     training_args.remove_unused_columns = False
 
     guard = NonFiniteLossCallback(training_args)
-    trainer = SFTTrainer(
+    trainer = fault_tolerant(SFTTrainer)(
         model=model,
         args=training_args,
         train_dataset=dataset,

@@ -10,8 +10,10 @@ DEMO_TOKENIZER = "models/mini-tokenizer"
 
 
 def demo_argv(recipe: str, extra: list[str] | None = None) -> list[str]:
-    """``--config configs/<recipe>`` followed by the user's own flags (which win)."""
-    return ["--config", str(ROOT / "configs" / recipe), *(sys.argv[1:] if extra is None else extra)]
+    """``--config configs/<recipe>`` followed by the user's own flags (which win). Demo outputs are
+    disposable, so a re-run with other settings replaces the previous one instead of refusing."""
+    user = sys.argv[1:] if extra is None else extra
+    return ["--config", str(ROOT / "configs" / recipe), "--overwrite_output_dir", "true", *user]
 
 
 def ensure_demo_tokenizer() -> None:

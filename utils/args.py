@@ -120,13 +120,14 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _jsonable(value: Any) -> Any:
+def as_jsonable(value: Any) -> Any:
+    """Dataclasses, dicts and lists as plain JSON values (anything else as its string)."""
     if is_dataclass(value):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+        return {f.name: as_jsonable(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): as_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [as_jsonable(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
@@ -142,7 +143,7 @@ def write_run_info(
     info = {
         "stage": stage,
         "argv": sys.argv,
-        "arguments": {type(obj).__name__: _jsonable(obj) for obj in arg_objects},
+        "arguments": {type(obj).__name__: as_jsonable(obj) for obj in arg_objects},
         "versions": _package_versions(),
         "git_commit": _git_commit(),
         "data": data_summary or {},

@@ -4,26 +4,45 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import GenerationConfig, PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
-from utils.args import write_run_info
+from utils.args import as_jsonable, write_run_info
+from utils.checkpointing import (
+    EXIT_SIGNALLED,
+    GracefulStopCallback,
+    TimedCheckpointCallback,
+    check_disk_space,
+    check_output_dir,
+    checkpoint_problem,
+    find_resume_checkpoint,
+)
 from utils.generation import SAMPLE_PROMPTS, build_generation_config, generate
-from utils.modeling import select_precision
+from utils.modeling import count_parameters, select_precision
 from utils.plotting import plot_loss
 
 logger = logging.getLogger("mini_qwen")
 
 
 @dataclass
-class HardwareArguments:
-    """Every stage's hardware choices; ``auto`` decides from what is installed and present."""
+class StageArguments:
+    """What every stage shares: hardware choices (``auto`` decides from what is present) and run safety."""
 
+    resume: str | None = field(
+        default=None,
+        metadata={"help": "auto: continue from the newest complete checkpoint in output_dir (if any); or a path."},
+    )
+    save_every_minutes: float | None = field(
+        default=None, metadata={"help": "Also save a checkpoint every N minutes of training (on top of save_steps)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train into an output_dir that holds a different run (replacing it)."}
+    )
     attn_implementation: str = field(
         default="auto", metadata={"help": "auto (flash_attention_2 if usable, else sdpa), sdpa, eager, ..."}
     )
@@ -58,21 +77,20 @@ def apply_precision(precision: str, args: TrainingArguments) -> str:
     return chosen
 
 
-def resolve_resume(args: TrainingArguments) -> str | None:
-    """``--resume_from_checkpoint auto`` -> the newest checkpoint in output_dir, or a fresh start."""
-    value = args.resume_from_checkpoint
-    if value in (None, "", "false", "False", "no"):
+def resolve_resume(requested: str | None, output_dir: str) -> str | None:
+    """``auto`` -> the newest complete checkpoint in output_dir, or a fresh start; a path is checked."""
+    if requested in (None, "", "false", "False", "no"):
         return None
-    if value in ("auto", "true", "True"):
-        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-        if last:
-            logger.info("Resuming from %s", last)
-        else:
-            logger.info("No checkpoint in %s: starting from scratch", args.output_dir)
-        return last
-    if not Path(value).is_dir():
-        raise FileNotFoundError(f"resume_from_checkpoint: no such checkpoint directory {value}")
-    return value
+    if requested in ("auto", "true", "True"):
+        last = find_resume_checkpoint(output_dir)
+        logger.info("Resuming from %s", last) if last else logger.info(
+            "No checkpoint in %s: starting fresh", output_dir
+        )
+        return str(last) if last else None
+    problem = checkpoint_problem(Path(requested)) if Path(requested).is_dir() else "no such directory"
+    if problem:
+        raise FileNotFoundError(f"Cannot resume from {requested}: {problem}")
+    return requested
 
 
 def log_batch_geometry(args: TrainingArguments, tokens_per_sample: int | None = None) -> int:
@@ -112,11 +130,11 @@ class NonFiniteLossCallback(TrainerCallback):
 
 def check_diverged(guard: NonFiniteLossCallback, output_dir: str) -> None:
     if guard.bad_step is not None:
-        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        last = find_resume_checkpoint(output_dir)
         raise RuntimeError(
             f"Training loss became NaN/inf at step {guard.bad_step}; stopped without saving. "
             f"Last good checkpoint: {last or 'none'}. Lower the learning rate or check the data, "
-            f"then resume with --resume_from_checkpoint {last or 'auto'}."
+            f"then resume with --resume {last or 'auto'}."
         )
 
 
@@ -184,12 +202,33 @@ def finish(trainer) -> None:
 
 
 def train_and_save(trainer, guard: NonFiniteLossCallback, tokenizer, stage: str, script_args, **run_facts) -> None:
-    """Record the run, train (resuming if asked), stop on divergence, save the final model."""
+    """Check the output dir and disk, record the run, train (resuming if asked; saving on SIGTERM and
+    every ``save_every_minutes``), stop on divergence, save the final model."""
     args = trainer.args
+    resume = resolve_resume(script_args.resume or args.resume_from_checkpoint, args.output_dir)
     if trainer.is_world_process_zero():
+        arguments = {**as_jsonable(script_args), **as_jsonable(args)}
+        check_output_dir(args.output_dir, stage, arguments, bool(resume), script_args.overwrite_output_dir)
+        check_disk_space(args.output_dir, count_parameters(trainer.model), args.save_only_model)
         write_run_info(args.output_dir, stage, script_args, args, **run_facts)
-    trainer.train(resume_from_checkpoint=resolve_resume(args))
+    stopper = GracefulStopCallback()
+    trainer.add_callback(stopper)
+    if script_args.save_every_minutes:
+        trainer.add_callback(TimedCheckpointCallback(script_args.save_every_minutes))
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        stopper.restore()
     check_diverged(guard, args.output_dir)
+    if stopper.stopped_at is not None:
+        finish(trainer)
+        logger.warning(
+            "Stopped by %s after step %d; checkpoint saved in %s. Resume with --resume auto.",
+            signal.Signals(stopper.signal).name,
+            stopper.stopped_at,
+            args.output_dir,
+        )
+        raise SystemExit(EXIT_SIGNALLED)
     save_final(trainer, tokenizer, args.output_dir)
     log_samples(trainer, tokenizer, chat=stage != "pt")
 
