@@ -14,7 +14,7 @@ Demo on the bundled data::
 
 Resume an interrupted run (same data position, optimizer and scheduler)::
 
-    python mini_qwen_pt.py --config configs/pt_full.yaml --resume_from_checkpoint auto
+    python mini_qwen_pt.py --config configs/pt_full.yaml --resume auto
 
 Any recipe value can be overridden by a flag, e.g. ``--num_hidden_layers 24 --learning_rate 3e-4``.
 """
