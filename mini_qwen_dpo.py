@@ -39,7 +39,7 @@ from utils.tokenizer import load_tokenizer
 from utils.training import (
     NonFiniteLossCallback,
     StageArguments,
-    apply_precision,
+    configure_hardware,
     finish,
     log_batch_geometry,
     setup_logging,
@@ -159,7 +159,7 @@ def write_report(report: dict, output_dir: str) -> None:
 
 def main(script_args: DPOArguments, training_args: DPOConfig) -> DPOTrainer:
     setup_logging(training_args)
-    apply_precision(script_args.precision, training_args)
+    configure_hardware(script_args.precision, training_args)
     tokenizer = load_tokenizer(script_args.model_name_or_path)
     rows, summary = load_preference_pairs(script_args.data_dir, tokenizer, script_args.max_prompt_length)
     if not rows:

@@ -36,7 +36,7 @@ from utils.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 from utils.training import (
     NonFiniteLossCallback,
     StageArguments,
-    apply_precision,
+    configure_hardware,
     finish,
     log_batch_geometry,
     setup_logging,
@@ -68,7 +68,7 @@ class PTArguments(ModelShapeArguments, StageArguments):
 
 def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
     setup_logging(training_args)
-    apply_precision(script_args.precision, training_args)
+    configure_hardware(script_args.precision, training_args)
     tokenizer = load_tokenizer(script_args.tokenizer_name_or_path)
 
     files = find_parquet_files(

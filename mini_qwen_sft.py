@@ -37,7 +37,7 @@ from utils.training import (
     NonFiniteLossCallback,
     RealTokenShareCallback,
     StageArguments,
-    apply_precision,
+    configure_hardware,
     finish,
     log_batch_geometry,
     setup_logging,
@@ -146,7 +146,7 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
     setup_logging(training_args)
     if training_args.packing or training_args.padding_free:
         raise ValueError("Use --packing_mode isolated|padded; TRL's packing/padding_free flags are managed here.")
-    apply_precision(script_args.precision, training_args)
+    configure_hardware(script_args.precision, training_args)
     tokenizer = load_tokenizer(script_args.model_name_or_path)
 
     with training_args.main_process_first(desc="tokenize conversations"):

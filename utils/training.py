@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import signal
@@ -63,8 +64,9 @@ def setup_logging(args: TrainingArguments) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def apply_precision(precision: str, args: TrainingArguments) -> str:
-    """Resolve ``auto`` to bf16/fp16/fp32 from the hardware, unless the recipe set bf16/fp16 itself."""
+def configure_hardware(precision: str, args: TrainingArguments) -> str:
+    """Resolve ``auto`` precision to bf16/fp16/fp32 from the hardware (unless the recipe set bf16/fp16),
+    and switch off speed levers whose optional package is missing, with one log line each."""
     if precision == "auto" and (args.bf16 or args.fp16):
         chosen = "bf16" if args.bf16 else "fp16"
     else:
@@ -74,6 +76,9 @@ def apply_precision(precision: str, args: TrainingArguments) -> str:
         chosen = "fp32"
     args.bf16, args.fp16 = chosen == "bf16", chosen == "fp16"
     logger.info("Precision: %s", chosen)
+    if args.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+        logger.info("use_liger_kernel: liger-kernel is not installed, continuing without fused kernels")
+        args.use_liger_kernel = False
     return chosen
 
 
