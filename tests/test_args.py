@@ -46,6 +46,8 @@ def test_shipped_recipes_parse(monkeypatch):
     for recipe, types in [
         ("configs/pt_full.yaml", (PTArguments, TrainingArguments)),
         ("configs/pt_demo.yaml", (PTArguments, TrainingArguments)),
+        ("configs/pt_t4_demo.yaml", (PTArguments, TrainingArguments)),
+        ("configs/pt_24gb.yaml", (PTArguments, TrainingArguments)),
         ("configs/sft_full.yaml", (SFTArguments, SFTConfig)),
         ("configs/sft_demo.yaml", (SFTArguments, SFTConfig)),
         ("configs/dpo_full.yaml", (DPOArguments, DPOConfig)),

@@ -231,8 +231,10 @@ def test_end_of_run_samples_are_logged(tmp_path, pt_run, stop_data, caplog):
     assert "Sample '李白是谁？' -> " in caplog.text and "Sample 'who are you?' -> " in caplog.text
 
 
-def test_missing_liger_falls_back_with_one_line(tmp_path, small_tokenizer_dir, caplog):
+def test_missing_optional_packages_fall_back_with_one_line_each(tmp_path, small_tokenizer_dir, caplog):
     with caplog.at_level(logging.INFO, logger="mini_qwen"):
-        trainer = run_pt(tmp_path, small_tokenizer_dir, MINI_DATA / "pt", "--max_steps", "1", "--use_liger_kernel",
-                         "true")  # fmt: skip
+        trainer = run_pt(tmp_path, small_tokenizer_dir, MINI_DATA / "pt", "--max_steps", "2", "--use_liger_kernel",
+                         "true", "--optim", "adamw_bnb_8bit")  # fmt: skip
     assert caplog.text.count("liger-kernel is not installed") == 1 and not trainer.args.use_liger_kernel
+    assert caplog.text.count("bitsandbytes is not installed") == 1 and trainer.args.optim == "adamw_torch"
+    assert losses(trainer)[-1] == losses(trainer)[-1]  # trained, finite

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import GenerationConfig, PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
+from transformers.training_args import OptimizerNames
 
 from utils.args import as_jsonable, write_run_info
 from utils.checkpointing import (
@@ -79,6 +80,10 @@ def configure_hardware(precision: str, args: TrainingArguments) -> str:
     if args.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
         logger.info("use_liger_kernel: liger-kernel is not installed, continuing without fused kernels")
         args.use_liger_kernel = False
+    optim = getattr(args.optim, "value", args.optim)
+    if "bnb" in optim and importlib.util.find_spec("bitsandbytes") is None:
+        logger.info("optim %s: bitsandbytes is not installed, using adamw_torch (4x the optimizer memory)", optim)
+        args.optim = OptimizerNames.ADAMW_TORCH
     return chosen
 
 
