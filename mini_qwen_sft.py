@@ -96,6 +96,7 @@ def load_sft_dataset(
     default_system_prompt: str | None = None,
     num_proc: int = 1,
     cache_dir: str | None = None,
+    tokenizer=None,
 ) -> tuple[Dataset, dict]:
     """Tokenized conversations (``input_ids``, ``labels``) and a summary of what was kept and skipped.
 
@@ -111,7 +112,8 @@ def load_sft_dataset(
             "tokenizer_dir": tokenizer_dir,
             "max_length": max_length,
             "default_system_prompt": default_system_prompt,
-            "fingerprint": files_fingerprint(files, load_tokenizer(tokenizer_dir)),
+            # The caller's loaded tokenizer serves the cache key; the generator loads its own in its process.
+            "fingerprint": files_fingerprint(files, tokenizer or load_tokenizer(tokenizer_dir)),
         },
         num_proc=min(num_proc, len(files)) if num_proc > 1 else None,
         cache_dir=cache_dir,
@@ -157,6 +159,7 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
             script_args.default_system_prompt,
             training_args.dataset_num_proc or 1,
             script_args.cache_dir,
+            tokenizer,
         )
     if len(dataset) == 0:
         raise DataError(f"No usable conversation under {script_args.data_dir}: skipped {summary['skipped']}")
