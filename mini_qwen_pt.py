@@ -30,10 +30,11 @@ from transformers import Trainer, TrainingArguments, set_seed
 from utils.args import parse_args
 from utils.checkpointing import fault_tolerant
 from utils.data import find_parquet_files
-from utils.modeling import ModelShapeArguments, build_model, select_attn_implementation
+from utils.modeling import ModelShapeArguments, build_model, fused_lm_head_enabled, select_attn_implementation
 from utils.packing import PackedCollator, PackedDataset, build_token_cache
 from utils.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 from utils.training import (
+    FusedLMHeadTrainer,
     NonFiniteLossCallback,
     StageArguments,
     configure_hardware,
@@ -61,6 +62,14 @@ class PTArguments(ModelShapeArguments, StageArguments):
     )
     cache_dir: str = field(default="cache/pt", metadata={"help": "Where tokenized corpora are cached."})
     block_size: int = field(default=1024, metadata={"help": "Tokens per training sequence."})
+    fused_lm_head: str = field(
+        default="auto",
+        metadata={
+            "help": "Loss through a fused, chunked LM head, never holding the full logits: auto (on CUDA GPUs), "
+            "true, false.",
+            "choices": ["auto", "true", "false"],
+        },
+    )
     num_proc: int = field(
         default=min(8, os.cpu_count() or 1), metadata={"help": "Processes that tokenize files in parallel."}
     )
@@ -107,7 +116,8 @@ def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
     global_batch = log_batch_geometry(training_args, script_args.block_size)
 
     guard = NonFiniteLossCallback(training_args)
-    trainer = fault_tolerant(Trainer)(
+    trainer_cls = FusedLMHeadTrainer if fused_lm_head_enabled(script_args.fused_lm_head) else Trainer
+    trainer = fault_tolerant(trainer_cls)(
         model=model,
         args=training_args,
         train_dataset=dataset,

@@ -110,13 +110,13 @@ def test_sft_and_dpo_zero2(tmp_path, pt_zero2):
     launch("mini_qwen_sft.py", ZERO2, "--model_name_or_path", str(pt_zero2 / "pt"), "--data_dir",
            str(MINI_DATA / "sft"), "--output_dir", str(tmp_path / "sft"), "--cache_dir", str(tmp_path / "cache"),
            "--max_length", "256", "--max_steps", "6", "--per_device_train_batch_size", "2", "--learning_rate", "5e-3",
-           "--gradient_checkpointing", "false", *COMMON)  # fmt: skip
+           "--activation_checkpointing", "false", *COMMON)  # fmt: skip
     check_run(tmp_path / "sft")
     # DPO: TRL builds the reference from the same path and prepares it for DeepSpeed itself.
     launch("mini_qwen_dpo.py", ZERO2, "--model_name_or_path", str(tmp_path / "sft"), "--data_dir",
            str(MINI_DATA / "dpo"), "--output_dir", str(tmp_path / "dpo"), "--max_length", "192",
            "--max_prompt_length", "64", "--holdout", "4", "--max_steps", "4", "--per_device_train_batch_size", "2",
-           "--learning_rate", "1e-3", "--gradient_checkpointing", "false", *COMMON)  # fmt: skip
+           "--learning_rate", "1e-3", "--activation_checkpointing", "false", *COMMON)  # fmt: skip
     check_run(tmp_path / "dpo", falling=False)
     assert any("rewards/accuracies" in h for h in history(tmp_path / "dpo"))
     assert (tmp_path / "dpo" / "preference_report.json").is_file()

@@ -40,14 +40,14 @@ def pt_argv(tmp_path, tokenizer_dir, out="pt", steps="40") -> list[str]:
 def sft_argv(tmp_path, model_dir, out="sft", steps="40") -> list[str]:
     return ["--model_name_or_path", str(model_dir), "--data_dir", str(MINI_DATA / "sft"), "--output_dir",
             str(tmp_path / out), "--cache_dir", str(tmp_path / "cache_sft"), "--max_length", "256", "--max_steps",
-            steps, "--per_device_train_batch_size", "4", "--learning_rate", "3e-3", "--gradient_checkpointing",
+            steps, "--per_device_train_batch_size", "4", "--learning_rate", "3e-3", "--activation_checkpointing",
             "false", *COMMON]  # fmt: skip
 
 
 def dpo_argv(tmp_path, model_dir, out="dpo", steps="30") -> list[str]:
     return ["--model_name_or_path", str(model_dir), "--data_dir", str(MINI_DATA / "dpo"), "--output_dir",
             str(tmp_path / out), "--max_length", "160", "--max_prompt_length", "64", "--holdout", "0", "--max_steps",
-            steps, "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--gradient_checkpointing",
+            steps, "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--activation_checkpointing",
             "false", *COMMON]  # fmt: skip
 
 

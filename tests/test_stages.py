@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -19,6 +20,7 @@ import mini_qwen_pt
 import mini_qwen_sft
 from utils.args import parse_args
 from utils.modeling import build_model
+from utils.training import FusedLMHeadTrainer, configure_hardware
 
 
 def losses(trainer) -> list[float]:
@@ -75,6 +77,16 @@ def test_pt_trains_on_mini_data(pt_run, small_tokenizer_dir):
     assert info["stage"] == "pt" and info["data"]["documents"] >= 200
 
 
+def test_pt_fused_lm_head_matches_plain_loss(tmp_path, small_tokenizer_dir):
+    """The fused, chunked LM head is an exact rewrite of logits + cross-entropy: same losses step by step."""
+    steps = ["--max_steps", "4"]
+    fused = run_pt(tmp_path / "fused", small_tokenizer_dir, MINI_DATA / "pt", *steps, "--fused_lm_head", "true")
+    plain = run_pt(tmp_path / "plain", small_tokenizer_dir, MINI_DATA / "pt", *steps)  # auto: off on a CPU
+    assert isinstance(fused, FusedLMHeadTrainer) and not isinstance(plain, FusedLMHeadTrainer)
+    assert losses(fused) == pytest.approx(losses(plain), rel=1e-4)
+    assert losses(fused)[0] == pytest.approx(6.93, abs=0.2)  # ln(1024): a fresh model, any loss would not do
+
+
 @needs_real_samples
 def test_pt_trains_on_real_samples(tmp_path, qwen_tokenizer_dir):
     trainer = run_pt(tmp_path, qwen_tokenizer_dir, REAL_SAMPLES / "pt", "--vocab_size", "151936", "--max_steps", "6",
@@ -114,7 +126,7 @@ def run_sft(tmp_path, model_dir, data_dir, *extra: str):
         "--model_name_or_path", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "sft"),
         "--cache_dir", str(tmp_path / "cache"), "--max_length", "128", "--max_steps", "100",
         "--per_device_train_batch_size", "4", "--learning_rate", "3e-3", "--logging_steps", "5",
-        "--save_strategy", "no", "--report_to", "none", "--gradient_checkpointing", "false", *extra,
+        "--save_strategy", "no", "--report_to", "none", "--activation_checkpointing", "false", *extra,
     ]  # fmt: skip
     return mini_qwen_sft.main(*parse_args((mini_qwen_sft.SFTArguments, SFTConfig), argv))
 
@@ -164,7 +176,7 @@ def run_dpo(tmp_path, model_dir, data_dir, *extra: str):
         "--model_name_or_path", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "dpo"),
         "--max_length", "192", "--max_prompt_length", "64", "--holdout", "4", "--max_steps", "4",
         "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--logging_steps", "1",
-        "--save_strategy", "no", "--report_to", "none", "--gradient_checkpointing", "false", *extra,
+        "--save_strategy", "no", "--report_to", "none", "--activation_checkpointing", "false", *extra,
     ]  # fmt: skip
     return mini_qwen_dpo.main(*parse_args((mini_qwen_dpo.DPOArguments, DPOConfig), argv))
 
@@ -235,6 +247,21 @@ def test_missing_optional_packages_fall_back_with_one_line_each(tmp_path, small_
     with caplog.at_level(logging.INFO, logger="mini_qwen"):
         trainer = run_pt(tmp_path, small_tokenizer_dir, MINI_DATA / "pt", "--max_steps", "2", "--use_liger_kernel",
                          "true", "--optim", "adamw_bnb_8bit")  # fmt: skip
-    assert caplog.text.count("liger-kernel is not installed") == 1 and not trainer.args.use_liger_kernel
+    assert caplog.text.count("use_liger_kernel: no CUDA GPU") == 1 and not trainer.args.use_liger_kernel
     assert caplog.text.count("bitsandbytes is not installed") == 1 and trainer.args.optim == "adamw_torch"
     assert losses(trainer)[-1] == losses(trainer)[-1]  # trained, finite
+
+
+def test_liger_on_a_gpu_keeps_the_fused_lm_head(tmp_path, monkeypatch, caplog):
+    """With a GPU: no liger-kernel -> one log line; with it -> only its layer kernels, never its own fused
+    cross-entropy, which would replace the forward that carries the fused LM head."""
+    missing, present = (TrainingArguments(output_dir=str(tmp_path), use_liger_kernel=True) for _ in range(2))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "liger_kernel" else real(name))
+    with caplog.at_level(logging.INFO, logger="mini_qwen"):
+        configure_hardware("fp32", missing)
+    assert caplog.text.count("liger-kernel is not installed") == 1 and not missing.use_liger_kernel
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "liger_kernel" else None)
+    configure_hardware("fp32", present)
+    assert present.use_liger_kernel and present.liger_kernel_config == {"fused_linear_cross_entropy": False}

@@ -111,6 +111,36 @@ def build_model(shape: ModelShapeArguments, dtype: torch.dtype = torch.float32, 
     return model
 
 
+def fused_lm_head_enabled(requested: str = "auto") -> bool:
+    """``auto`` -> on where its Triton kernel runs (a CUDA GPU). Elsewhere the chunked-torch fallback is
+    exact but about 2x slower per step than plain logits (measured on CPU), so auto leaves it off."""
+    if requested not in ("auto", "true", "false"):
+        raise ValueError(f"fused_lm_head must be auto, true or false, got {requested!r}")
+    if requested != "auto":
+        return requested == "true"
+    from transformers.utils import is_triton_available
+
+    usable = torch.cuda.is_available() and is_triton_available()
+    logger.info("Fused LM head: %s", "on" if usable else "off (no CUDA GPU with Triton: plain logits are faster)")
+    return usable
+
+
+def use_fused_lm_head(model: PreTrainedModel) -> PreTrainedModel:
+    """Let ``model(..., labels=..., fused_lm_head=True)`` return the loss from TRL's fused LM head.
+
+    The head then projects and scores the hidden states in chunks (a Triton kernel on GPUs, chunked torch
+    elsewhere), so the (tokens x 151,936) logits, 7.5 GB in fp32 for a 12 x 1024 micro-batch, and their
+    gradient never exist. TRL's SFT and DPO trainers patch their models the same way; without the flag the
+    forward (and ``generate``) is the original one. Patching twice is a no-op.
+    """
+    from trl.trainer.utils import add_fused_lm_head
+
+    if not getattr(model, "_mini_qwen_fused_lm_head", False):
+        add_fused_lm_head(model)
+        model._mini_qwen_fused_lm_head = True
+    return model
+
+
 def flash_attn_usable() -> bool:
     """FlashAttention-2 needs the package, CUDA and an Ampere-or-newer GPU (not T4/V100)."""
     if importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import GenerationConfig, PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
+from transformers import GenerationConfig, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from transformers.training_args import OptimizerNames
 
 from utils.args import as_jsonable, write_run_info
@@ -25,7 +25,7 @@ from utils.checkpointing import (
     find_resume_checkpoint,
 )
 from utils.generation import SAMPLE_PROMPTS, build_generation_config, generate
-from utils.modeling import count_parameters, select_precision
+from utils.modeling import count_parameters, select_precision, use_fused_lm_head
 from utils.plotting import plot_loss
 
 logger = logging.getLogger("mini_qwen")
@@ -46,7 +46,11 @@ class StageArguments:
         default=False, metadata={"help": "Train into an output_dir that holds a different run (replacing it)."}
     )
     attn_implementation: str = field(
-        default="auto", metadata={"help": "auto (flash_attention_2 if usable, else sdpa), sdpa, eager, ..."}
+        default="auto",
+        metadata={
+            "help": "auto (flash_attention_2 if usable, else sdpa with a block mask), sdpa, eager, or flex_attention "
+            "(block-sparse document mask; GPU training only: PyTorch has no flex backward on CPU)."
+        },
     )
     precision: str = field(
         default="auto", metadata={"help": "auto (bf16/fp16 on GPUs, fp32 on CPU), bf16, fp16, fp32."}
@@ -77,9 +81,17 @@ def configure_hardware(precision: str, args: TrainingArguments) -> str:
         chosen = "fp32"
     args.bf16, args.fp16 = chosen == "bf16", chosen == "fp16"
     logger.info("Precision: %s", chosen)
-    if args.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
-        logger.info("use_liger_kernel: liger-kernel is not installed, continuing without fused kernels")
-        args.use_liger_kernel = False
+    if args.use_liger_kernel:
+        if not torch.cuda.is_available():
+            logger.info("use_liger_kernel: no CUDA GPU (Liger's kernels are Triton), continuing without them")
+            args.use_liger_kernel = False
+        elif importlib.util.find_spec("liger_kernel") is None:
+            logger.info("use_liger_kernel: liger-kernel is not installed, continuing without fused kernels")
+            args.use_liger_kernel = False
+        else:
+            # Only the layer kernels (RMSNorm, RoPE, SwiGLU): Liger's own fused cross-entropy would replace the
+            # forward that carries the fused LM head every stage uses (as TRL does for SFT and DPO).
+            args.liger_kernel_config = {**(args.liger_kernel_config or {}), "fused_linear_cross_entropy": False}
     optim = getattr(args.optim, "value", args.optim)
     if "bnb" in optim and importlib.util.find_spec("bitsandbytes") is None:
         logger.info("optim %s: bitsandbytes is not installed, using adamw_torch (4x the optimizer memory)", optim)
@@ -136,6 +148,16 @@ class NonFiniteLossCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_save = False
         return control
+
+
+class FusedLMHeadTrainer(Trainer):
+    """The HF Trainer with its loss from the fused LM head (``use_fused_lm_head``), as TRL's trainers do."""
+
+    def __init__(self, model=None, **kwargs) -> None:
+        super().__init__(model=use_fused_lm_head(model), **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return super().compute_loss(model, {**inputs, "fused_lm_head": True}, return_outputs, num_items_in_batch)
 
 
 def check_diverged(guard: NonFiniteLossCallback, output_dir: str) -> None:
