@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -119,7 +120,8 @@ def test_block_causal_mask_shape_and_values():
     assert additive[1, 0] == 0 and additive[2, 0] == torch.finfo(torch.float32).min
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+# flex_attention: forward only here (PyTorch has no flex backward on CPU); the first call compiles (~10 s).
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
 def test_packed_loss_equals_separate_documents(tmp_path, attn):
     torch.manual_seed(0)
     shape = ModelShapeArguments(
@@ -131,7 +133,8 @@ def test_packed_loss_equals_separate_documents(tmp_path, attn):
     cache = make_cache(tmp_path, docs)
     block = PackedDataset(cache, block_size=15)[0]
     batch = PackedCollator(attn, pad_token_id=0)([block])
-    packed = model(**batch)
+    with torch.no_grad() if attn == "flex_attention" else contextlib.nullcontext():
+        packed = model(**batch)
     with torch.no_grad():
         per_doc = [model(input_ids=torch.tensor([d]), labels=torch.tensor([d])) for d in docs]
     weights = [len(d) - 1 for d in docs]
@@ -139,8 +142,9 @@ def test_packed_loss_equals_separate_documents(tmp_path, attn):
     assert torch.allclose(packed.loss, expected, atol=1e-5)
     separate_logits = torch.cat([o.logits for o in per_doc], dim=1)
     assert torch.allclose(packed.logits, separate_logits, atol=1e-5)
-    # Without the mask the documents would see each other: the test above can fail.
-    leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"])
+    # Without the mask (or, for flex, with a KV cache) the documents see each other: the test above can fail.
+    with torch.no_grad():
+        leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=True)
     assert not torch.allclose(leaky.logits, separate_logits, atol=1e-5)
 
 
@@ -153,6 +157,11 @@ def test_flash_attention_layout_is_one_flat_row():
     assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5]]
     assert batch["position_ids"].tolist() == [[0, 1, 0, 0, 1]]
     assert "attention_mask" not in batch
+    # flex_attention: padded rows, the mask left to transformers (from the restarts), no KV cache.
+    flex = PackedCollator("flex_attention", pad_token_id=0)(examples)
+    assert flex["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0]]
+    assert flex["position_ids"].tolist() == [[0, 1, 0], [0, 1, 0]] and flex["use_cache"] is False
+    assert "attention_mask" not in flex
 
 
 def test_padded_mode_and_real_token_share():

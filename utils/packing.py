@@ -333,6 +333,9 @@ class PackedCollator:
 
     * flash_attention_2: all examples flattened into one row without padding; the varlen kernel
       splits where position ids restart.
+    * flex_attention: rows padded to the longest with restarting position ids and no mask; transformers
+      turns the position ids into a block-sparse document mask (masked blocks are skipped, not computed).
+      Only without a KV cache: with one, transformers ignores the restarts, so the batch says ``use_cache=False``.
     * other kernels: rows padded to the longest, with a block-diagonal causal 4D mask.
     * ``isolate=False``: plain right padding with a 2D mask (the upstream layout, kept for comparison).
 
@@ -366,7 +369,9 @@ class PackedCollator:
             "labels": _pad(labels, width, IGNORE_INDEX),
             "position_ids": _pad(positions, width, 0),
         }
-        if self.isolate:
+        if self.isolate and self.attn_implementation == "flex_attention":
+            batch["use_cache"] = False
+        elif self.isolate:
             # Padding gets position 0, so every pad token is a segment of its own and sees only itself.
             mask_dtype = None if self.attn_implementation == "sdpa" else torch.float32
             batch["attention_mask"] = block_causal_mask(batch["position_ids"], mask_dtype)
