@@ -2,6 +2,7 @@
 # mini_qwen: one entry point for people.
 #
 #   bash run.sh demo                 # whole demo on the bundled data: PT -> SFT -> DPO -> answers (CPU is fine)
+#   bash run.sh demo --recipes t4    # the same chain with the full 1B shape at seq 128 on a 16 GB GPU (T4 class)
 #   bash run.sh test                 # the test suite (what CI runs)
 #   bash run.sh pt  [flags...]       # full-recipe pretraining   (configs/pt_full.yaml  + your flags)
 #   bash run.sh sft [flags...]       # full-recipe SFT            (configs/sft_full.yaml + your flags)

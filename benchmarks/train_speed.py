@@ -7,10 +7,13 @@ Configurations:
   baseline  upstream's path: HF defaults (sdpa), SFT rows padded per batch, DPO with a live reference
             forward every step, plain AdamW, no fused kernels.
   ours      this repo's defaults: flash-attention-2 where usable (else sdpa with the block mask), packed
-            document-isolated rows, fused AdamW on GPU, Liger kernels if installed, DPO reference log-probs
-            precomputed (precompute_ref_log_probs).
+            document-isolated rows, the fused LM head on GPU (no full logits), fused AdamW on GPU, Liger's layer
+            kernels if installed, DPO reference log-probs precomputed (precompute_ref_log_probs).
   ours+gc   ours with gradient checkpointing (the memory lever).
   ours+compile  ours under torch.compile.
+  ours-fused_head  ours with plain logits + cross-entropy instead of the fused LM head (that lever alone).
+  ours+flex ours with flex_attention (block-sparse document mask) instead of flash-attention-2/sdpa: the path
+            for GPUs without flash-attn. GPU only (PyTorch has no flex backward on CPU).
 
 Printed per stage and configuration: time per optimizer step, computed and real tokens/s, the real-token
 share, MFU (model FLOPs on computed tokens / peak) and useful MFU (on real tokens only), pairs/s for DPO,
@@ -34,7 +37,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from utils.modeling import ModelShapeArguments, build_model, count_parameters, select_attn_implementation
+from utils.modeling import (
+    ModelShapeArguments,
+    build_model,
+    count_parameters,
+    fused_lm_head_enabled,
+    select_attn_implementation,
+    use_fused_lm_head,
+)
 from utils.packing import IGNORE_INDEX, PackedCollator
 
 SHAPES = {
@@ -46,7 +56,7 @@ SHAPES = {
 # Dense bf16 peak TFLOP/s by GPU name fragment (fp16 for T4/V100, which have no bf16 tensor cores).
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40": 181.0,
                "4090": 165.0, "3090": 71.0, "L4": 121.0, "A10": 125.0, "T4": 65.0, "V100": 125.0}  # fmt: skip
-CONFIGS = ("baseline", "ours", "ours+gc", "ours+compile")
+CONFIGS = ("baseline", "ours", "ours+gc", "ours+compile", "ours-fused_head", "ours+flex")
 
 logger = logging.getLogger("mini_qwen")
 
@@ -168,7 +178,11 @@ def make_batches(stage: str, config: str, args, lengths, vocab: int, attn: str, 
     return batches
 
 
-def sequence_logps(model, batch: dict) -> torch.Tensor:
+def sequence_logps(model, batch: dict, fused: bool = False) -> torch.Tensor:
+    """Summed log-probabilities of each row's labelled tokens: from full logits, or from the fused LM head
+    (TRL's DPO path, where the logits are never materialised)."""
+    if fused:
+        return model(**batch, fused_lm_head=True).log_probs.sum(-1)
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
@@ -179,20 +193,27 @@ def sequence_logps(model, batch: dict) -> torch.Tensor:
 def run_config(stage: str, config: str, args, lengths, device, peak: float) -> dict:
     torch.manual_seed(0)
     use_ours = config != "baseline"
-    attn = select_attn_implementation("auto") if use_ours else "sdpa"
+    if config == "ours+flex" and device.type != "cuda":
+        raise SystemExit("ours+flex needs a CUDA GPU: PyTorch has no flex_attention backward on CPU")
+    attn = "flex_attention" if config == "ours+flex" else select_attn_implementation("auto") if use_ours else "sdpa"
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     model = build_model(ModelShapeArguments(**SHAPES[args.shape]), attn_implementation=attn).to(device)
-    fused_kernels = "none"
+    kernels = []
     if use_ours and device.type == "cuda":
         try:
             from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
-            _apply_liger_kernel_to_instance(model=model)
-            fused_kernels = "liger"
+            # Layer kernels only: the loss goes through the fused LM head below, as in the recipes.
+            _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=False)
+            kernels.append("liger")
         except ImportError:
             logger.info("liger-kernel not installed: running without fused kernels")
+    fused_head = use_ours and config != "ours-fused_head" and fused_lm_head_enabled("auto")
+    if fused_head:
+        use_fused_lm_head(model)
+        kernels.append("lm_head")
     if config == "ours+gc":
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     model.train()
     forward_model = torch.compile(model) if config == "ours+compile" else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=use_ours and device.type == "cuda")
@@ -206,10 +227,10 @@ def run_config(stage: str, config: str, args, lengths, device, peak: float) -> d
         torch.cuda.reset_peak_memory_stats(device)
 
     def step(batch: Batch) -> None:
-        tensors = {k: v.to(device) for k, v in batch.tensors.items()}
+        tensors = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.tensors.items()}
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             if stage == "dpo":
-                policy = sequence_logps(forward_model, tensors).view(-1, 2)
+                policy = sequence_logps(forward_model, tensors, fused=fused_head).view(-1, 2)
                 if reference is not None:
                     with torch.no_grad():
                         ref = sequence_logps(reference, tensors).view(-1, 2)
@@ -217,6 +238,8 @@ def run_config(stage: str, config: str, args, lengths, device, peak: float) -> d
                     ref = torch.zeros_like(policy)  # precomputed before training in the real run
                 margin = (policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1])
                 loss = -F.logsigmoid(0.1 * margin).mean()
+            elif fused_head:
+                loss = forward_model(**tensors, fused_lm_head=True).loss
             else:
                 loss = forward_model(**tensors).loss
         loss.backward()
@@ -246,7 +269,7 @@ def run_config(stage: str, config: str, args, lengths, device, peak: float) -> d
         "stage": stage,
         "config": config,
         "attention": attn,
-        "fused_kernels": fused_kernels,
+        "fused_kernels": "+".join(kernels) or "none",
         "step_s": seconds / len(timed),
         "tokens_per_s": computed / seconds,
         "real_tokens_per_s": real / seconds,
@@ -260,13 +283,13 @@ def run_config(stage: str, config: str, args, lengths, device, peak: float) -> d
 
 def print_table(rows: list[dict], device_name: str, peak: float) -> None:
     print(f"\nDevice: {device_name}; peak {peak:.2f} TFLOP/s")
-    header = f"{'stage':<6}{'config':<14}{'attention':<19}{'step s':>9}{'tok/s':>12}{'real tok/s':>12}"
+    header = f"{'stage':<6}{'config':<17}{'attention':<19}{'kernels':<15}{'step s':>9}{'tok/s':>12}{'real tok/s':>12}"
     header += f"{'real %':>8}{'MFU %':>8}{'useful %':>9}{'pairs/s':>9}{'peak GB':>9}"
     print(header)
     for r in rows:
         pairs = f"{r['pairs_per_s']:.2f}" if r["pairs_per_s"] is not None else "-"
         print(
-            f"{r['stage']:<6}{r['config']:<14}{r['attention']:<19}{r['step_s']:>9.3f}{r['tokens_per_s']:>12,.0f}"
+            f"{r['stage']:<6}{r['config']:<17}{r['attention']:<19}{r['fused_kernels']:<15}{r['step_s']:>9.3f}{r['tokens_per_s']:>12,.0f}"
             f"{r['real_tokens_per_s']:>12,.0f}{100 * r['real_share']:>8.1f}{100 * r['mfu']:>8.2f}"
             f"{100 * r['useful_mfu']:>9.2f}{pairs:>9}{r['peak_mem_gb']:>9.2f}"
         )

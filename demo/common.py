@@ -7,13 +7,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TOKENIZER = "models/mini-tokenizer"
+# Recipe sets: "cpu" is the tiny model with the small demo tokenizer (minutes on a laptop); "t4" is the full
+# 1B shape with the Qwen tokenizer at seq 128, sized for a 16 GB GPU (python -m benchmarks.memory).
+RECIPES = {"cpu": "{stage}_demo.yaml", "t4": "{stage}_t4_demo.yaml"}
 
 
-def demo_argv(recipe: str, extra: list[str] | None = None) -> list[str]:
-    """``--config configs/<recipe>`` followed by the user's own flags (which win). Demo outputs are
+def demo_argv(stage: str, extra: list[str] | None = None, recipes: str = "cpu") -> list[str]:
+    """``--config configs/<stage recipe>`` followed by the user's own flags (which win). Demo outputs are
     disposable, so a re-run with other settings replaces the previous one instead of refusing."""
+    if recipes not in RECIPES:
+        raise ValueError(f"recipes must be one of {sorted(RECIPES)}, got {recipes!r}")
     user = sys.argv[1:] if extra is None else extra
-    return ["--config", str(ROOT / "configs" / recipe), "--overwrite_output_dir", "true", *user]
+    recipe = ROOT / "configs" / RECIPES[recipes].format(stage=stage)
+    return ["--config", str(recipe), "--overwrite_output_dir", "true", *user]
 
 
 def ensure_demo_tokenizer() -> None:

@@ -7,8 +7,8 @@ from mini_qwen_dpo import DPOArguments, main
 from utils.args import parse_args
 
 
-def run(extra: list[str] | None = None):
-    return main(*parse_args((DPOArguments, DPOConfig), demo_argv("dpo_demo.yaml", extra)))
+def run(extra: list[str] | None = None, recipes: str = "cpu"):
+    return main(*parse_args((DPOArguments, DPOConfig), demo_argv("dpo", extra, recipes)))
 
 
 if __name__ == "__main__":

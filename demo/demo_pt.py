@@ -7,9 +7,10 @@ from mini_qwen_pt import PTArguments, main
 from utils.args import parse_args
 
 
-def run(extra: list[str] | None = None):
-    ensure_demo_tokenizer()
-    return main(*parse_args((PTArguments, TrainingArguments), demo_argv("pt_demo.yaml", extra)))
+def run(extra: list[str] | None = None, recipes: str = "cpu"):
+    if recipes == "cpu":  # the t4 recipes use the Qwen tokenizer
+        ensure_demo_tokenizer()
+    return main(*parse_args((PTArguments, TrainingArguments), demo_argv("pt", extra, recipes)))
 
 
 if __name__ == "__main__":

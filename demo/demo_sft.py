@@ -7,8 +7,8 @@ from mini_qwen_sft import SFTArguments, main
 from utils.args import parse_args
 
 
-def run(extra: list[str] | None = None):
-    return main(*parse_args((SFTArguments, SFTConfig), demo_argv("sft_demo.yaml", extra)))
+def run(extra: list[str] | None = None, recipes: str = "cpu"):
+    return main(*parse_args((SFTArguments, SFTConfig), demo_argv("sft", extra, recipes)))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python -m demo.run_all                          # what `bash run.sh demo` runs
     python -m demo.run_all --max_steps 20 --logging_steps 5 --output_root /tmp/demo   # shorter, elsewhere
+    python -m demo.run_all --recipes t4             # the 1B shape at seq 128 on a 16 GB GPU (T4 class)
 
 Each stage is the real stage ``main()`` with its demo recipe (configs/*_demo.yaml); the flags here only
 override where outputs go and, optionally, the number of steps of every stage.
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from demo import demo_dpo, demo_pt, demo_sft
+from demo.common import RECIPES
 from mini_qwen_eval import EvalArguments
 from mini_qwen_eval import main as eval_main
 from utils.plotting import find_log_history
@@ -25,18 +27,23 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def run(
-    output_root: str = "results/demo", max_steps: int | None = None, prompts: int = 4, logging_steps: int | None = None
+    output_root: str | None = None,
+    max_steps: int | None = None,
+    prompts: int = 4,
+    logging_steps: int | None = None,
+    recipes: str = "cpu",
 ) -> dict:
+    output_root = output_root or ("results/demo" if recipes == "cpu" else f"results/{recipes}_demo")
     root = Path(output_root)
     steps = ["--max_steps", str(max_steps)] if max_steps else []
     steps += ["--logging_steps", str(logging_steps)] if logging_steps else []
     start = time.perf_counter()
     timings = {}
-    demo_pt.run(["--output_dir", str(root / "pt"), *steps])
+    demo_pt.run(["--output_dir", str(root / "pt"), *steps], recipes)
     timings["pt"] = time.perf_counter() - start
-    demo_sft.run(["--model_name_or_path", str(root / "pt"), "--output_dir", str(root / "sft"), *steps])
+    demo_sft.run(["--model_name_or_path", str(root / "pt"), "--output_dir", str(root / "sft"), *steps], recipes)
     timings["sft"] = time.perf_counter() - start - sum(timings.values())
-    demo_dpo.run(["--model_name_or_path", str(root / "sft"), "--output_dir", str(root / "dpo"), *steps])
+    demo_dpo.run(["--model_name_or_path", str(root / "sft"), "--output_dir", str(root / "dpo"), *steps], recipes)
     timings["dpo"] = time.perf_counter() - start - sum(timings.values())
 
     prompt_file = root / "demo_prompts.jsonl"
@@ -75,12 +82,15 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_root", default="results/demo", help="Folder for the three checkpoints and eval.")
+    parser.add_argument("--output_root", default=None,
+                        help="Checkpoints and eval go here (default results/demo, results/t4_demo).")  # fmt: skip
+    parser.add_argument("--recipes", choices=sorted(RECIPES), default="cpu",
+                        help="cpu: tiny model, any machine; t4: the 1B shape at seq 128 on a 16 GB GPU.")  # fmt: skip
     parser.add_argument("--max_steps", type=int, default=None, help="Override every stage's step count.")
     parser.add_argument("--prompts", type=int, default=4, help="How many of the eval prompts to answer.")
     parser.add_argument("--logging_steps", type=int, default=None, help="Override every stage's logging interval.")
     args = parser.parse_args()
-    run(args.output_root, args.max_steps, args.prompts, args.logging_steps)
+    run(args.output_root, args.max_steps, args.prompts, args.logging_steps, args.recipes)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT
 
-from benchmarks import train_speed
+from benchmarks import memory, train_speed
+from utils.modeling import build_model, count_parameters
 
 
 def run_module(*args: str) -> str:
@@ -53,6 +55,26 @@ def test_train_speed_help_documents_every_option():
         "--json",
         "baseline",
         "ours+gc",
+        "ours-fused_head",
+        "ours+flex",
+    ):
+        assert option in text  # fmt: skip
+
+
+def test_memory_help_documents_every_option():
+    text = run_module("benchmarks.memory", "--help")
+    for option in (
+        "--config",
+        "--stage",
+        "--shape",
+        "--seq_len",
+        "--batch_size",
+        "--precision",
+        "--activation_checkpointing",
+        "--optim",
+        "--fused_lm_head",
+        "--live_reference",
+        "--measure",
     ):
         assert option in text  # fmt: skip
 
@@ -68,3 +90,44 @@ def test_data_benchmarks_smoke(module, args, columns):
     out = run_module(module, *args)
     for column in columns:
         assert column in out
+
+
+def tiny_setup(**overrides) -> memory.Setup:
+    values = dict(stage="pt", shape=memory.shape_of("tiny"), seq_len=128, batch_size=4, precision="bf16",
+                  activation_checkpointing=False, optim="adamw_torch")  # fmt: skip
+    return memory.Setup(**{**values, **overrides})
+
+
+def test_memory_accounting_counts_weights_grads_and_optimizer_exactly():
+    """Fake tensors allocate nothing, yet the tracked bytes are the real ones: 4 bytes per fp32 parameter,
+    two fp32 Adam moments, and bitsandbytes' 8-bit layout (1 byte per moment + an fp32 scale per 256)."""
+    with torch.device("meta"):
+        model = build_model(memory.shape_of("tiny"), attn_implementation="sdpa")
+    params = count_parameters(model)
+    adam = memory.estimate(tiny_setup())
+    assert adam["parameters"] * 2**30 == pytest.approx(4 * params)
+    assert adam["optimizer state"] * 2**30 == pytest.approx(8 * params, rel=1e-3)  # + a few step counters
+    bnb = memory.estimate(tiny_setup(optim="adamw_bnb_8bit"))
+    expected = sum(8 * p.numel() if p.numel() < 4096 else 2 * p.numel() + 8 * -(-p.numel() // 256)
+                   for p in model.parameters())  # fmt: skip
+    assert bnb["other"] * 2**30 == expected and bnb["optimizer state"] == 0
+    assert bnb["peak"] < adam["peak"]
+
+
+def test_memory_levers_move_the_peak_the_right_way():
+    deep = memory.ModelShapeArguments(**{**memory.SHAPES["tiny"], "num_hidden_layers": 8})
+    base = memory.estimate(tiny_setup(shape=deep))
+    checkpointed = memory.estimate(tiny_setup(shape=deep, activation_checkpointing=True))
+    assert checkpointed["activations"] < base["activations"] / 3
+    dpo = tiny_setup(stage="dpo", fused_lm_head=False)
+    live = memory.estimate(memory.Setup(**{**dpo.__dict__, "live_reference": True}))
+    assert live["parameters"] == pytest.approx(2 * memory.estimate(dpo)["parameters"])
+
+
+def test_memory_reads_a_recipe_with_the_stage_defaults(capsys):
+    row = memory.main(["--config", "configs/pt_demo.yaml"])
+    out = capsys.readouterr().out
+    assert "PT configs/pt_demo.yaml" in out and "estimated peak" in out and row["measured"] is None
+    assert 0 < row["activations"] < row["peak"]
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        memory.main(["--shape", "tiny", "--seq_len", "64", "--measure"])

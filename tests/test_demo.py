@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 
+from conftest import TINY_SHAPE
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from demo import run_all
+from demo import demo_dpo, demo_pt, demo_sft, run_all
 
 
 def test_demo_pipeline(tmp_path, monkeypatch, capsys):
@@ -25,3 +27,24 @@ def test_demo_pipeline(tmp_path, monkeypatch, capsys):
     assert [r["mode"] for r in rows] == ["raw"] * 2 + ["chat"] * 4
     assert "PT loss: first" in out and "Demo finished in" in out and "| perplexity |" in out
     assert (tmp_path / "demo" / "dpo" / "preference_report.md").is_file()
+
+
+def test_t4_recipes_chain_on_cpu_with_their_fallbacks(tmp_path, qwen_tokenizer_dir, caplog):
+    """The T4 recipe set runs PT -> SFT -> DPO as written (Qwen tokenizer, seq 128, precomputed DPO reference),
+    shrunk to a tiny width here; on a CPU its fp16 and 8-bit AdamW fall back with one log line each."""
+    root, steps = tmp_path / "t4", ["--max_steps", "3", "--logging_steps", "1"]
+    caplog.set_level(logging.INFO, logger="utils")
+    pt = demo_pt.run(["--output_dir", str(root / "pt"), "--tokenizer_name_or_path", str(qwen_tokenizer_dir),
+                      "--cache_dir", str(tmp_path / "cache"), *TINY_SHAPE, *steps], "t4")  # fmt: skip
+    assert pt.args.max_steps == 3 and pt.model.config.vocab_size == 151936
+    sft = demo_sft.run(["--model_name_or_path", str(root / "pt"), "--output_dir", str(root / "sft"),
+                        "--cache_dir", str(tmp_path / "cache"), *steps], "t4")  # fmt: skip
+    assert sft.args.max_length == 128 and sft.args.activation_checkpointing
+    dpo = demo_dpo.run(["--model_name_or_path", str(root / "sft"), "--output_dir", str(root / "dpo"), *steps], "t4")
+    assert dpo.ref_model is None and "ref_chosen_logps" in dpo.train_dataset.column_names  # precomputed
+    for trainer in (pt, sft, dpo):
+        assert not trainer.args.fp16 and trainer.args.optim == "adamw_torch"
+        assert [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("fp16 was requested but no GPU" in m for m in messages) == 3
+    assert sum("bitsandbytes is not installed" in m for m in messages) == 3

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Fetch, here (PyPI reachable), the wheels benchmarks/gpu_check.sh needs on the offline GPU machine, whose
+# image has torch, Triton, accelerate and an older transformers but not trl/datasets/liger-kernel.
+# They land in .whl/ (git-ignored), which the device run carries: carry [".whl", "models/Qwen2.5-0.5B-Instruct"].
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+  transformers==5.24.0 trl==1.16.0 datasets==5.2.0 liger-kernel==0.8.5 dill==0.4.1 multiprocess==0.70.19
+du -sh .whl

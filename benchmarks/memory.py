@@ -1,0 +1,317 @@
+"""Peak training memory of a recipe, accounted on fake tensors: no GPU (and no RAM) of that size is needed.
+
+    python -m benchmarks.memory --config configs/pt_t4_demo.yaml      # the T4-class demo recipe (1B, seq 128)
+    python -m benchmarks.memory --config configs/pt_24gb.yaml         # the 24 GB recipe (1B, seq 1024)
+    python -m benchmarks.memory --config configs/dpo_full.yaml --shape 1b
+    python -m benchmarks.memory --shape 1b --seq_len 128 --batch_size 4 --precision fp16 \\
+        --activation_checkpointing --measure          # on a GPU: the estimate and the measurement side by side
+
+How: two optimizer steps with the recipe's model shape, micro-batch, sequence length, precision (autocast over
+fp32 master weights, as the Trainer does), gradient checkpointing, optimizer and (DPO) reference model run under
+FakeTensorMode, where every tensor has a shape, a dtype and a device but no storage, while PyTorch's MemTracker
+records each allocation by kind. The peak is the most that was live at once, with its breakdown.
+
+Not counted: the CUDA context (~0.5 GB), the caching allocator's fragmentation (typically 5-15%) and kernel
+workspaces (cuBLAS, attention), so keep ~1.5 GB of headroom; ``--measure`` shows the real figure on a GPU.
+The loss goes through the fused LM head as in the recipes (``--fused_lm_head off``: full fp32 logits).
+8-bit AdamW (bitsandbytes) cannot run on fake tensors: its state is allocated with bitsandbytes' layout
+(one uint8 per value for each moment plus one fp32 scale per 256 values; fp32 moments for tensors under 4096
+values), and its in-place update allocates nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.mem_tracker import MemTracker
+
+from benchmarks.train_speed import SHAPES, sequence_logps
+from utils.modeling import ModelShapeArguments, build_model, count_parameters, torch_dtype_for, use_fused_lm_head
+from utils.packing import IGNORE_INDEX, PackedCollator
+
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit")
+# Optimizer-state layout of bitsandbytes' blockwise 8-bit Adam.
+BNB_BLOCK, BNB_MIN_8BIT_SIZE = 256, 4096
+# MemTracker's kinds; "Other" holds what is registered as plain tensors: the 8-bit optimizer state.
+KINDS = {"Parameter": "parameters", "Gradient": "gradients", "Optstate": "optimizer state", "Other": "other",
+         "Activation": "activations", "Temp": "temporaries", "Buffer": "buffers"}  # fmt: skip
+
+
+@dataclass
+class Setup:
+    """What decides the memory of one training step."""
+
+    stage: str
+    shape: ModelShapeArguments
+    seq_len: int
+    batch_size: int
+    precision: str
+    activation_checkpointing: bool
+    optim: str
+    fused_lm_head: bool = True
+    live_reference: bool = False
+    source: str = "flags"
+
+
+def recipe_setup(stage: str, config: str, shape_name: str) -> Setup:
+    """Read a stage recipe with the stage's own argument classes, so defaults are the real run's."""
+    from utils.args import parse_args
+
+    if stage == "pt":
+        from transformers import TrainingArguments
+
+        from mini_qwen_pt import PTArguments
+
+        script, train = parse_args((PTArguments, TrainingArguments), ["--config", config])
+        shape = ModelShapeArguments(base_config=script.base_config, **script.overrides())
+        seq_len = script.block_size
+    else:
+        if stage == "sft":
+            from trl import SFTConfig as Config
+
+            from mini_qwen_sft import SFTArguments as Arguments
+        else:
+            from trl import DPOConfig as Config
+
+            from mini_qwen_dpo import DPOArguments as Arguments
+        script, train = parse_args((Arguments, Config), ["--config", config])
+        checkpoint = Path(script.model_name_or_path) / "config.json"
+        # The SFT/DPO recipes start from a trained checkpoint; without one, the shape comes from --shape.
+        shape = ModelShapeArguments(base_config=str(checkpoint)) if checkpoint.is_file() else shape_of(shape_name)
+        seq_len = train.max_length
+    precision = script.precision
+    if precision == "auto":
+        precision = "fp16" if train.fp16 else "bf16"  # what auto picks on a GPU (fp16 and bf16 take the same room)
+    return Setup(
+        stage=stage,
+        shape=shape,
+        seq_len=seq_len,
+        batch_size=train.per_device_train_batch_size,
+        precision=precision,
+        activation_checkpointing=train.activation_checkpointing,
+        optim=getattr(train.optim, "value", train.optim),
+        # PT's auto turns it on on CUDA GPUs; TRL's SFT and DPO trainers always use it.
+        fused_lm_head=stage != "pt" or script.fused_lm_head != "false",
+        live_reference=stage == "dpo" and not train.precompute_ref_log_probs,
+        source=config,
+    )
+
+
+def shape_of(name: str) -> ModelShapeArguments:
+    return ModelShapeArguments(**SHAPES[name])
+
+
+def make_batch(setup: Setup, vocab: int, device: torch.device) -> dict:
+    """A full micro-batch: PT rows, SFT rows packed with two conversations (block mask), DPO chosen+rejected rows."""
+    seq, bsz = setup.seq_len, setup.batch_size
+    if setup.stage == "pt":
+        ids = torch.randint(0, vocab, (bsz, seq), device=device)
+        return {"input_ids": ids, "labels": ids}
+    if setup.stage == "sft":
+        examples = []
+        for _ in range(bsz):
+            ids = torch.randint(0, vocab, (seq,))
+            examples.append({"input_ids": ids, "labels": ids.clone(), "seq_lengths": [seq // 2, seq - seq // 2]})
+        batch = PackedCollator("sdpa", pad_token_id=0)(examples)
+        return {k: v.to(device) for k, v in batch.items()}
+    ids = torch.randint(0, vocab, (2 * bsz, seq), device=device)
+    labels = ids.clone()
+    labels[:, : seq // 4] = IGNORE_INDEX  # the prompt
+    return {"input_ids": ids, "labels": labels}
+
+
+def bnb_state(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Tensors of the size bitsandbytes' 8-bit AdamW keeps per trainable parameter."""
+    state = []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if p.numel() < BNB_MIN_8BIT_SIZE:
+            state += [torch.empty_like(p, dtype=torch.float32) for _ in range(2)]
+        else:
+            blocks = math.ceil(p.numel() / BNB_BLOCK)
+            state += [torch.empty_like(p, dtype=torch.uint8) for _ in range(2)]
+            state += [torch.empty(blocks, dtype=torch.float32, device=p.device) for _ in range(2)]
+    return state
+
+
+def train_steps(setup: Setup, device: torch.device, tracker: MemTracker | None, steps: int = 2) -> None:
+    """The step the Trainer runs: fp32 weights, autocast forward, backward, optimizer step, zero_grad."""
+    with device:  # built in place: a fake model cannot be moved, and a real 1B one need not be
+        model = build_model(setup.shape, attn_implementation="sdpa")
+    if setup.activation_checkpointing:
+        model.activation_checkpointing_enable()
+    if setup.fused_lm_head:
+        use_fused_lm_head(model)
+    model.train()
+    externals: list = [model]
+    reference = None
+    if setup.live_reference:  # TRL loads the reference in the policy's dtype (fp32) and never trains it
+        with device:
+            # Left requiring grad (MemTracker hooks every parameter it meets) but only ever run under no_grad.
+            reference = build_model(setup.shape, attn_implementation="sdpa").eval()
+        if setup.fused_lm_head:
+            use_fused_lm_head(reference)
+        externals.append(reference)
+    if setup.optim == "adamw_bnb_8bit":
+        optimizer = None
+        externals += bnb_state(model)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=setup.optim == "adamw_torch_fused")
+        externals.append(optimizer)
+    dtype = torch_dtype_for(setup.precision)
+    autocast = dict(device_type=device.type, dtype=dtype, enabled=setup.precision != "fp32")
+    if tracker is not None:
+        tracker.track_external(*externals)
+    with tracker if tracker is not None else contextlib.nullcontext():
+        for _ in range(steps):
+            batch = make_batch(setup, model.config.vocab_size, device)
+            with torch.autocast(**autocast):
+                if setup.stage == "dpo":
+                    policy = sequence_logps(model, batch, setup.fused_lm_head).view(-1, 2)
+                    ref = torch.zeros_like(policy)
+                    if reference is not None:
+                        with torch.no_grad():
+                            ref = sequence_logps(reference, batch, setup.fused_lm_head).view(-1, 2)
+                    margin = (policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1])
+                    loss = -F.logsigmoid(0.1 * margin).mean()
+                elif setup.fused_lm_head:
+                    loss = model(**batch, fused_lm_head=True).loss
+                else:
+                    loss = model(**batch).loss
+            loss.backward()
+            if optimizer is not None:
+                optimizer.step()
+            model.zero_grad(set_to_none=True)
+            if tracker is not None:
+                tracker.reset_mod_stats()  # MemTracker keeps per-module stats of one iteration only
+
+
+class _InPlaceKernel:
+    """Stands for a Triton kernel launch (``kernel[grid](...)``): it writes into buffers it is given and
+    allocates nothing, which is all the accounting needs to know of it."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def gpu_lm_head_allocations():
+    """Make TRL's fused LM head allocate on fake CPU tensors exactly what it allocates on a GPU.
+
+    On a CPU it folds each logits tile with torch ops (several tile-sized temporaries); on a GPU, with
+    Triton kernels that work in place, and it accumulates gradients with fp32-output GEMMs. The tile
+    buffers, the per-token statistics and the fp32 gradient accumulators are the same on both.
+    """
+    import trl.trainer.utils  # noqa: F401  (bound to the real _use_triton first: it must keep scoring all positions)
+    from trl.kernels import chunked_logprob as kernels
+
+    saved = {name: getattr(kernels, name, None) for name in ("_use_triton", "_forward_kernel", "_backward_kernel",
+                                                             "_addmm_fp32", "triton")}  # fmt: skip
+    kernels._use_triton = lambda device: True
+    kernels._forward_kernel = kernels._backward_kernel = _InPlaceKernel()
+    kernels._addmm_fp32 = lambda acc, a, b: torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    kernels.triton = types.SimpleNamespace(cdiv=lambda a, b: -(-a // b))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(kernels, name, value)
+
+
+def estimate(setup: Setup) -> dict[str, float]:
+    """Peak bytes by kind, in GiB, from two fake training steps on the CPU (no storage is allocated)."""
+    tracker = MemTracker()
+    with FakeTensorMode(), gpu_lm_head_allocations():
+        train_steps(setup, torch.device("cpu"), tracker)
+    peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
+    out = {name: 0.0 for name in KINDS.values()}
+    for kind, value in peak.items():
+        name = getattr(kind, "value", kind)
+        if name in KINDS:
+            out[KINDS[name]] += value / 2**30
+    out["peak"] = peak["Total"] / 2**30
+    return out
+
+
+def measure(setup: Setup) -> float:
+    """The same steps on real CUDA tensors: torch's peak allocated memory in GiB."""
+    if setup.optim == "adamw_bnb_8bit":
+        import bitsandbytes  # noqa: F401  (fails here, clearly, before a long run)
+    device = torch.device("cuda")
+    torch.cuda.reset_peak_memory_stats(device)
+    train_steps(setup, device, tracker=None)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def print_report(setup: Setup, parameters: int, row: dict[str, float], measured: float | None) -> None:
+    print(
+        f"\n{setup.stage.upper()} {setup.source}: {parameters:,} parameters, micro-batch {setup.batch_size} x "
+        f"{setup.seq_len} tokens, {setup.precision} autocast over fp32 weights, activation checkpointing "
+        f"{'on' if setup.activation_checkpointing else 'off'}, {setup.optim}"
+        + (", fused LM head" if setup.fused_lm_head else ", full logits")
+        + (", live reference model" if setup.live_reference else "")
+    )
+    scale, unit = (1, "GiB") if row["peak"] >= 1 else (1024, "MiB")  # tiny shapes read better in MiB
+    labels = {"other": "optimizer state (8-bit)",
+              "parameters": "parameters (+ reference)" if setup.live_reference else "parameters"}  # fmt: skip
+    for name in KINDS.values():
+        if row[name]:
+            label = labels.get(name, name)
+            print(f"  {label:<34}{scale * row[name]:>9.2f} {unit}")
+    print(f"  {'estimated peak (live at once)':<34}{scale * row['peak']:>9.2f} {unit}   fake tensors, no GPU used; "
+          "a GPU adds ~1.5 GiB (CUDA context, allocator)")  # fmt: skip
+    if measured is not None:
+        print(f"  {'measured peak':<34}{scale * measured:>9.2f} {unit}   {torch.cuda.get_device_name()}; "
+              f"estimate / measured = {row['peak'] / measured:.2f}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="A stage recipe (YAML); its settings replace the flags below.")
+    parser.add_argument("--stage", choices=["pt", "sft", "dpo"], default=None,
+                        help="Stage of the step (default: from the recipe's name, else pt).")  # fmt: skip
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="1b",
+                        help="Shape without a recipe, or for SFT/DPO recipes without their checkpoint.")  # fmt: skip
+    parser.add_argument("--seq_len", type=int, default=1024, help="Tokens per row.")
+    parser.add_argument("--batch_size", type=int, default=1, help="Rows per micro-batch (DPO: pairs).")
+    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="Autocast dtype.")
+    parser.add_argument("--activation_checkpointing", action="store_true", help="Recompute activations in backward.")
+    parser.add_argument("--optim", choices=OPTIMIZERS, default="adamw_torch_fused", help="Optimizer (its state).")
+    parser.add_argument("--fused_lm_head", choices=["on", "off"], default="on",
+                        help="Loss through the fused LM head (recipes on GPUs) or full logits.")  # fmt: skip
+    parser.add_argument("--live_reference", action="store_true",
+                        help="DPO: keep a reference model (precompute_ref_log_probs false).")  # fmt: skip
+    parser.add_argument("--measure", action="store_true", help="Also run the step on the GPU and print its peak.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    if args.measure and not torch.cuda.is_available():
+        raise SystemExit("--measure needs a CUDA GPU: the estimate alone runs anywhere")
+    stage = args.stage or next((s for s in ("sft", "dpo") if args.config and s in Path(args.config).name), "pt")
+    if args.config:
+        setup = recipe_setup(stage, args.config, args.shape)
+    else:
+        setup = Setup(stage, shape_of(args.shape), args.seq_len, args.batch_size, args.precision,
+                      args.activation_checkpointing, args.optim, args.fused_lm_head == "on",
+                      args.live_reference)  # fmt: skip
+    with torch.device("meta"):
+        parameters = count_parameters(build_model(setup.shape, attn_implementation="sdpa"))
+    row = estimate(setup)
+    measured = measure(setup) if args.measure else None
+    print_report(setup, parameters, row, measured)
+    return {**row, "measured": measured}
+
+
+if __name__ == "__main__":
+    main()
