@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -59,3 +61,20 @@ def test_hardware_choice_on_cpu():
     assert select_precision("bf16") == "bf16"
     with pytest.raises(ValueError, match="precision"):
         select_precision("int8")
+
+
+def test_attention_choice_says_why_it_is_not_flash(monkeypatch, caplog):
+    import importlib.util
+
+    caplog.set_level(logging.INFO, logger="utils.modeling")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "flash_attn" else real(name))
+    assert select_attn_implementation("auto") == "sdpa"
+    assert "flash-attn is not installed" in caplog.text
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else real(name))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (7, 5))  # a T4
+    assert select_attn_implementation("auto") == "sdpa"
+    assert "needs an Ampere or newer GPU" in caplog.text
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (9, 0))  # an H100
+    assert select_attn_implementation("auto") == "flash_attention_2"

@@ -153,8 +153,15 @@ def select_attn_implementation(requested: str | None = "auto") -> str:
     """``auto`` -> flash_attention_2 where usable, else sdpa. Any explicit value is kept."""
     if requested and requested != "auto":
         return requested
-    choice = "flash_attention_2" if flash_attn_usable() else "sdpa"
-    logger.info("Attention implementation: %s", choice)
+    if flash_attn_usable():
+        choice, why = "flash_attention_2", ""
+    elif not torch.cuda.is_available():
+        choice, why = "sdpa", " (no CUDA GPU)"
+    elif importlib.util.find_spec("flash_attn") is None:
+        choice, why = "sdpa", " (flash-attn is not installed: requirements-gpu.txt, or try flex_attention)"
+    else:
+        choice, why = "sdpa", " (FlashAttention-2 needs an Ampere or newer GPU)"
+    logger.info("Attention implementation: %s%s", choice, why)
     return choice
 
 
