@@ -38,6 +38,13 @@ def test_train_speed_smoke(tmp_path):
     assert sft["ours"]["real_share"] > sft["baseline"]["real_share"]
 
 
+def test_train_speed_reports_a_failing_configuration_and_keeps_the_others(capsys):
+    rows = train_speed.main(["--stage", "pt", "--shape", "tiny", "--steps", "1", "--warmup", "0", "--seq_len", "128",
+                             "--configs", "ours+flex", "ours"])  # fmt: skip
+    assert rows[0]["error"].startswith("ValueError: ours+flex needs a CUDA GPU") and rows[1]["tokens_per_s"] > 0
+    assert "ours+flex        failed: ValueError" in capsys.readouterr().out
+
+
 def test_train_speed_help_documents_every_option():
     text = run_module("benchmarks.train_speed", "--help")
     for option in (
