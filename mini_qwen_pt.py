@@ -77,7 +77,8 @@ class PTArguments(ModelShapeArguments, StageArguments):
 
 def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
     setup_logging(training_args)
-    configure_hardware(script_args.precision, training_args)
+    fused_lm_head = fused_lm_head_enabled(script_args.fused_lm_head)
+    configure_hardware(script_args.precision, training_args, fused_lm_head)
     tokenizer = load_tokenizer(script_args.tokenizer_name_or_path)
 
     files = find_parquet_files(
@@ -116,7 +117,7 @@ def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
     global_batch = log_batch_geometry(training_args, script_args.block_size)
 
     guard = NonFiniteLossCallback(training_args)
-    trainer_cls = FusedLMHeadTrainer if fused_lm_head_enabled(script_args.fused_lm_head) else Trainer
+    trainer_cls = FusedLMHeadTrainer if fused_lm_head else Trainer
     trainer = fault_tolerant(trainer_cls)(
         model=model,
         args=training_args,

@@ -13,6 +13,9 @@ if [ -d .whl ]; then
   export PYTHONPATH=/tmp/site
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
+# Fail in seconds, not after the first stage, if the carried wheels do not import against the image.
+python3 -c "import torch, transformers, trl, datasets; print(torch.__version__, transformers.__version__, trl.__version__)" \
+  | tee -a "$out/gpu.txt"
 export PYTHONUNBUFFERED=1
 speed() {
   local stage=$1; shift
@@ -23,6 +26,6 @@ speed pt baseline ours ours-fused_head ours+flex ours+compile
 speed sft baseline ours ours+flex
 speed dpo baseline ours
 # The T4 demo recipe's shape and settings at seq 128 (adamw_torch: bitsandbytes is not carried; its 8-bit
-# state is 5.6 GiB smaller, by the estimate's accounting), estimate vs torch's measured peak.
+# state is 4.7 GiB smaller, by the estimate's accounting), estimate vs torch's measured peak.
 python3 -m benchmarks.memory --shape 1b --seq_len 128 --batch_size 4 --precision fp16 --activation_checkpointing \
   --optim adamw_torch --measure 2>&1 | tee "$out/memory_t4.log"

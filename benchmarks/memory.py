@@ -16,13 +16,14 @@ workspaces (cuBLAS, attention), so keep ~1.5 GB of headroom; ``--measure`` shows
 The loss goes through the fused LM head as in the recipes (``--fused_lm_head off``: full fp32 logits).
 8-bit AdamW (bitsandbytes) cannot run on fake tensors: its state is allocated with bitsandbytes' layout
 (one uint8 per value for each moment plus one fp32 scale per 256 values; fp32 moments for tensors under 4096
-values), and its in-place update allocates nothing.
+values and for embeddings, which the Trainer keeps in 32 bits), and its in-place update allocates nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import math
 import types
@@ -130,18 +131,35 @@ def make_batch(setup: Setup, vocab: int, device: torch.device) -> dict:
 
 
 def bnb_state(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Tensors of the size bitsandbytes' 8-bit AdamW keeps per trainable parameter."""
-    state = []
+    """Tensors of the size bitsandbytes' 8-bit AdamW keeps per trainable parameter, under the Trainer.
+
+    The Trainer registers a 32-bit override for every ``nn.Embedding`` weight (here the 151,936 x 1,024
+    embedding, tied to the LM head), so those keep two fp32 moments like any tensor under 4096 values.
+    """
+    fp32 = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    state, seen = [], set()
     for p in model.parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in seen:
             continue
-        if p.numel() < BNB_MIN_8BIT_SIZE:
+        seen.add(id(p))
+        if p.numel() < BNB_MIN_8BIT_SIZE or id(p) in fp32:
             state += [torch.empty_like(p, dtype=torch.float32) for _ in range(2)]
         else:
             blocks = math.ceil(p.numel() / BNB_BLOCK)
             state += [torch.empty_like(p, dtype=torch.uint8) for _ in range(2)]
             state += [torch.empty(blocks, dtype=torch.float32, device=p.device) for _ in range(2)]
     return state
+
+
+def bnb_optimizer(model: torch.nn.Module):
+    """The real 8-bit AdamW with the Trainer's 32-bit override for embeddings (for ``--measure``)."""
+    import bitsandbytes
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})
+    return bitsandbytes.optim.AdamW(model.parameters(), lr=1e-4, optim_bits=8)
 
 
 def train_steps(setup: Setup, device: torch.device, tracker: MemTracker | None, steps: int = 2) -> None:
@@ -162,7 +180,9 @@ def train_steps(setup: Setup, device: torch.device, tracker: MemTracker | None, 
         if setup.fused_lm_head:
             use_fused_lm_head(reference)
         externals.append(reference)
-    if setup.optim == "adamw_bnb_8bit":
+    if setup.optim == "adamw_bnb_8bit" and device.type == "cuda":
+        optimizer = bnb_optimizer(model)
+    elif setup.optim == "adamw_bnb_8bit":  # fake tensors: its state by layout (its kernels need real memory)
         optimizer = None
         externals += bnb_state(model)
     else:
@@ -206,17 +226,19 @@ class _InPlaceKernel:
 
 @contextlib.contextmanager
 def gpu_lm_head_allocations():
-    """Make TRL's fused LM head allocate on fake CPU tensors exactly what it allocates on a GPU.
+    """Make TRL's fused LM head allocate on fake CPU tensors what it allocates on a GPU.
 
     On a CPU it folds each logits tile with torch ops (several tile-sized temporaries); on a GPU, with
     Triton kernels that work in place, and it accumulates gradients with fp32-output GEMMs. The tile
-    buffers, the per-token statistics and the fp32 gradient accumulators are the same on both.
+    buffers, the per-token statistics and the fp32 gradient accumulators are the same on both. One
+    difference is kept: here every position is scored (the GPU scores labelled ones only), a slight
+    overestimate for SFT and DPO, whose prompts are unlabelled.
     """
     import trl.trainer.utils  # noqa: F401  (bound to the real _use_triton first: it must keep scoring all positions)
     from trl.kernels import chunked_logprob as kernels
 
-    saved = {name: getattr(kernels, name, None) for name in ("_use_triton", "_forward_kernel", "_backward_kernel",
-                                                             "_addmm_fp32", "triton")}  # fmt: skip
+    names = ("_use_triton", "_forward_kernel", "_backward_kernel", "_addmm_fp32", "triton")
+    saved = {name: getattr(kernels, name) for name in names if hasattr(kernels, name)}
     kernels._use_triton = lambda device: True
     kernels._forward_kernel = kernels._backward_kernel = _InPlaceKernel()
     kernels._addmm_fp32 = lambda acc, a, b: torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
@@ -224,8 +246,11 @@ def gpu_lm_head_allocations():
     try:
         yield
     finally:
-        for name, value in saved.items():
-            setattr(kernels, name, value)
+        for name in names:
+            if name in saved:
+                setattr(kernels, name, saved[name])
+            else:
+                delattr(kernels, name)
 
 
 def estimate(setup: Setup) -> dict[str, float]:
@@ -245,8 +270,8 @@ def estimate(setup: Setup) -> dict[str, float]:
 
 def measure(setup: Setup) -> float:
     """The same steps on real CUDA tensors: torch's peak allocated memory in GiB."""
-    if setup.optim == "adamw_bnb_8bit":
-        import bitsandbytes  # noqa: F401  (fails here, clearly, before a long run)
+    if setup.optim == "adamw_bnb_8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise SystemExit("--measure with adamw_bnb_8bit needs bitsandbytes (requirements-gpu.txt)")
     device = torch.device("cuda")
     torch.cuda.reset_peak_memory_stats(device)
     train_steps(setup, device, tracker=None)

@@ -21,6 +21,13 @@ def test_yaml_then_cli_override(tmp_path):
     assert train.learning_rate == 3e-4 and train.output_dir == "out"
 
 
+def test_yaml_booleans_reach_bool_and_choice_fields(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("fused_lm_head: false\nbf16: false\nactivation_checkpointing: true\n")
+    script, train = parse_args((PTArguments, TrainingArguments), ["--config", str(recipe)])
+    assert script.fused_lm_head == "false" and train.bf16 is False and train.activation_checkpointing is True
+
+
 def test_unknown_yaml_key_fails(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("hidden_sise: 64\n")
@@ -50,8 +57,10 @@ def test_shipped_recipes_parse(monkeypatch):
         ("configs/pt_24gb.yaml", (PTArguments, TrainingArguments)),
         ("configs/sft_full.yaml", (SFTArguments, SFTConfig)),
         ("configs/sft_demo.yaml", (SFTArguments, SFTConfig)),
+        ("configs/sft_t4_demo.yaml", (SFTArguments, SFTConfig)),
         ("configs/dpo_full.yaml", (DPOArguments, DPOConfig)),
         ("configs/dpo_demo.yaml", (DPOArguments, DPOConfig)),
+        ("configs/dpo_t4_demo.yaml", (DPOArguments, DPOConfig)),
     ]:
         monkeypatch.setattr(sys, "argv", ["prog", "--config", recipe])
         parsed = parse_args(types)

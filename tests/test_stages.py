@@ -81,10 +81,13 @@ def test_pt_fused_lm_head_matches_plain_loss(tmp_path, small_tokenizer_dir):
     """The fused, chunked LM head is an exact rewrite of logits + cross-entropy: same losses step by step."""
     steps = ["--max_steps", "4"]
     fused = run_pt(tmp_path / "fused", small_tokenizer_dir, MINI_DATA / "pt", *steps, "--fused_lm_head", "true")
-    plain = run_pt(tmp_path / "plain", small_tokenizer_dir, MINI_DATA / "pt", *steps)  # auto: off on a CPU
+    plain = run_pt(tmp_path / "plain", small_tokenizer_dir, MINI_DATA / "pt", *steps, "--fused_lm_head", "false")
     assert isinstance(fused, FusedLMHeadTrainer) and not isinstance(plain, FusedLMHeadTrainer)
     assert losses(fused) == pytest.approx(losses(plain), rel=1e-4)
     assert losses(fused)[0] == pytest.approx(6.93, abs=0.2)  # ln(1024): a fresh model, any loss would not do
+    with pytest.raises(ValueError, match="label smoothing"):
+        run_pt(tmp_path / "smooth", small_tokenizer_dir, MINI_DATA / "pt", *steps, "--fused_lm_head", "true",
+               "--label_smoothing_factor", "0.1")  # fmt: skip
 
 
 @needs_real_samples
@@ -255,7 +258,7 @@ def test_missing_optional_packages_fall_back_with_one_line_each(tmp_path, small_
 def test_liger_on_a_gpu_keeps_the_fused_lm_head(tmp_path, monkeypatch, caplog):
     """With a GPU: no liger-kernel -> one log line; with it -> only its layer kernels, never its own fused
     cross-entropy, which would replace the forward that carries the fused LM head."""
-    missing, present = (TrainingArguments(output_dir=str(tmp_path), use_liger_kernel=True) for _ in range(2))
+    missing, present, plain = (TrainingArguments(output_dir=str(tmp_path), use_liger_kernel=True) for _ in range(3))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "liger_kernel" else real(name))
@@ -263,5 +266,10 @@ def test_liger_on_a_gpu_keeps_the_fused_lm_head(tmp_path, monkeypatch, caplog):
         configure_hardware("fp32", missing)
     assert caplog.text.count("liger-kernel is not installed") == 1 and not missing.use_liger_kernel
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "liger_kernel" else None)
+    present.liger_kernel_config = {"fused_linear_cross_entropy": True}
     configure_hardware("fp32", present)
     assert present.use_liger_kernel and present.liger_kernel_config == {"fused_linear_cross_entropy": False}
+    assert "fused_linear_cross_entropy: off" in caplog.text
+    # Without the fused head (PT --fused_lm_head false), Liger's own fused cross-entropy is the memory saver.
+    configure_hardware("fp32", plain, fused_lm_head=False)
+    assert plain.use_liger_kernel and not (plain.liger_kernel_config or {})

@@ -95,6 +95,8 @@ def _recipe_to_flags(recipe: dict[str, Any]) -> list[str]:
             flags += [f"--{key}", *map(str, value)]
         elif isinstance(value, dict):
             flags += [f"--{key}", json.dumps(value)]
+        elif isinstance(value, bool):  # YAML true/false, as a flag would spell them (also for str choices)
+            flags += [f"--{key}", str(value).lower()]
         else:
             flags += [f"--{key}", str(value)]
     return flags

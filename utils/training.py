@@ -69,9 +69,11 @@ def setup_logging(args: TrainingArguments) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def configure_hardware(precision: str, args: TrainingArguments) -> str:
+def configure_hardware(precision: str, args: TrainingArguments, fused_lm_head: bool = True) -> str:
     """Resolve ``auto`` precision to bf16/fp16/fp32 from the hardware (unless the recipe set bf16/fp16),
-    and switch off speed levers whose optional package is missing, with one log line each."""
+    and switch off speed levers whose optional package is missing, with one log line each.
+
+    ``fused_lm_head``: the loss goes through the fused LM head (always in TRL's SFT/DPO trainers)."""
     if precision == "auto" and (args.bf16 or args.fp16):
         chosen = "bf16" if args.bf16 else "fp16"
     else:
@@ -88,10 +90,13 @@ def configure_hardware(precision: str, args: TrainingArguments) -> str:
         elif importlib.util.find_spec("liger_kernel") is None:
             logger.info("use_liger_kernel: liger-kernel is not installed, continuing without fused kernels")
             args.use_liger_kernel = False
-        else:
+        elif fused_lm_head:
             # Only the layer kernels (RMSNorm, RoPE, SwiGLU): Liger's own fused cross-entropy would replace the
-            # forward that carries the fused LM head every stage uses (as TRL does for SFT and DPO).
-            args.liger_kernel_config = {**(args.liger_kernel_config or {}), "fused_linear_cross_entropy": False}
+            # forward that carries the fused LM head (TRL's SFT/DPO trainers refuse it for the same reason).
+            config = dict(args.liger_kernel_config or {})
+            if config.get("fused_linear_cross_entropy"):
+                logger.warning("liger fused_linear_cross_entropy: off, the fused LM head computes the loss")
+            args.liger_kernel_config = {**config, "fused_linear_cross_entropy": False}
     optim = getattr(args.optim, "value", args.optim)
     if "bnb" in optim and importlib.util.find_spec("bitsandbytes") is None:
         logger.info("optim %s: bitsandbytes is not installed, using adamw_torch (4x the optimizer memory)", optim)
@@ -153,8 +158,11 @@ class NonFiniteLossCallback(TrainerCallback):
 class FusedLMHeadTrainer(Trainer):
     """The HF Trainer with its loss from the fused LM head (``use_fused_lm_head``), as TRL's trainers do."""
 
-    def __init__(self, model=None, **kwargs) -> None:
-        super().__init__(model=use_fused_lm_head(model), **kwargs)
+    def __init__(self, model=None, args=None, **kwargs) -> None:
+        if (args is not None and args.label_smoothing_factor) or kwargs.get("compute_loss_func"):
+            raise ValueError("The fused LM head computes plain cross-entropy: use --fused_lm_head false for "
+                             "label smoothing or a custom loss")  # fmt: skip
+        super().__init__(model=use_fused_lm_head(model), args=args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         return super().compute_loss(model, {**inputs, "fused_lm_head": True}, return_outputs, num_items_in_batch)
