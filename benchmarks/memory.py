@@ -31,11 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
-from benchmarks.train_speed import SHAPES, sequence_logps
+from benchmarks.train_speed import SHAPES, step_loss
 from utils.modeling import ModelShapeArguments, build_model, count_parameters, torch_dtype_for, use_fused_lm_head
 from utils.packing import IGNORE_INDEX, PackedCollator
 
@@ -196,18 +195,7 @@ def train_steps(setup: Setup, device: torch.device, tracker: MemTracker | None, 
         for _ in range(steps):
             batch = make_batch(setup, model.config.vocab_size, device)
             with torch.autocast(**autocast):
-                if setup.stage == "dpo":
-                    policy = sequence_logps(model, batch, setup.fused_lm_head).view(-1, 2)
-                    ref = torch.zeros_like(policy)
-                    if reference is not None:
-                        with torch.no_grad():
-                            ref = sequence_logps(reference, batch, setup.fused_lm_head).view(-1, 2)
-                    margin = (policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1])
-                    loss = -F.logsigmoid(0.1 * margin).mean()
-                elif setup.fused_lm_head:
-                    loss = model(**batch, fused_lm_head=True).loss
-                else:
-                    loss = model(**batch).loss
+                loss = step_loss(setup.stage, model, batch, setup.fused_lm_head, reference)
             loss.backward()
             if optimizer is not None:
                 optimizer.step()

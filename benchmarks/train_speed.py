@@ -190,6 +190,20 @@ def sequence_logps(model, batch: dict, fused: bool = False) -> torch.Tensor:
     return (logps * mask).sum(-1)
 
 
+def step_loss(stage: str, model, batch: dict, fused: bool, reference=None) -> torch.Tensor:
+    """One step's loss: the LM loss for PT/SFT; for DPO the sigmoid loss (beta 0.1) against a live reference
+    model, or, with none, against precomputed reference log-probs (zeros stand in for them)."""
+    if stage != "dpo":
+        return (model(**batch, fused_lm_head=True) if fused else model(**batch)).loss
+    policy = sequence_logps(model, batch, fused).view(-1, 2)
+    ref = torch.zeros_like(policy)
+    if reference is not None:
+        with torch.no_grad():
+            ref = sequence_logps(reference, batch, fused).view(-1, 2)
+    margin = (policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1])
+    return -F.logsigmoid(0.1 * margin).mean()
+
+
 def run_config(stage: str, config: str, args, lengths, device, peak: float) -> dict:
     torch.manual_seed(0)
     use_ours = config != "baseline"
@@ -229,19 +243,7 @@ def run_config(stage: str, config: str, args, lengths, device, peak: float) -> d
     def step(batch: Batch) -> None:
         tensors = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.tensors.items()}
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            if stage == "dpo":
-                policy = sequence_logps(forward_model, tensors, fused=fused_head).view(-1, 2)
-                if reference is not None:
-                    with torch.no_grad():
-                        ref = sequence_logps(reference, tensors).view(-1, 2)
-                else:
-                    ref = torch.zeros_like(policy)  # precomputed before training in the real run
-                margin = (policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1])
-                loss = -F.logsigmoid(0.1 * margin).mean()
-            elif fused_head:
-                loss = forward_model(**tensors, fused_lm_head=True).loss
-            else:
-                loss = forward_model(**tensors).loss
+            loss = step_loss(stage, forward_model, tensors, fused_head, reference)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
