@@ -13,7 +13,8 @@ Batch mode: every prompt through every checkpoint, plus perplexity / bits-per-by
 
 writes ``generations.jsonl``, ``metrics.json`` and ``report.md`` (outputs side by side, repetition metrics,
 perplexity); ``--decoding greedy sample`` adds one column per checkpoint and decoding.
-Sampling defaults come from each checkpoint's generation_config.json; ``--do_sample False`` is greedy.
+Sampling defaults come from each checkpoint's generation_config.json (``utils.generation.SAMPLING_DEFAULTS``
+for checkpoints trained here); ``--do_sample false`` is greedy. Answers stop at ``--max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from utils.args import parse_args
-from utils.data import find_parquet_files, read_rows
+from utils.data import DataError, find_parquet_files, read_rows
 from utils.evaluation import distinct_n, perplexity_and_bpb, repeated_ngram_share, text_nll
 from utils.generation import (
     SAMPLING_KEYS,
@@ -37,7 +38,8 @@ from utils.generation import (
     is_chat_checkpoint,
     unescape,
 )
-from utils.modeling import load_causal_lm, select_attn_implementation
+from utils.hardware import ATTENTION_CHOICES, detect_hardware, inference_dtype, select_attn_implementation
+from utils.modeling import load_causal_lm
 from utils.tokenizer import load_tokenizer
 
 logger = logging.getLogger("mini_qwen")
@@ -63,12 +65,12 @@ class EvalArguments:
     block_size: int = field(default=512, metadata={"help": "Context length for perplexity."})
     output_dir: str = field(default="results/eval", metadata={"help": "Where batch results are written."})
     system_prompt: str | None = field(default=None, metadata={"help": "System prompt for chat mode."})
-    do_sample: bool | None = field(default=None, metadata={"help": "False = greedy (default: checkpoint's)."})
-    temperature: float | None = field(default=None, metadata={"help": "Default: the checkpoint's (0.7)."})
-    top_p: float | None = field(default=None, metadata={"help": "Default: the checkpoint's (0.8)."})
-    top_k: int | None = field(default=None, metadata={"help": "Default: the checkpoint's (20)."})
-    repetition_penalty: float | None = field(default=None, metadata={"help": "Default: the checkpoint's (1.1)."})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "Default: the checkpoint's (512)."})
+    do_sample: bool | None = field(default=None, metadata={"help": "False = greedy. Default: the checkpoint's."})
+    temperature: float | None = field(default=None, metadata={"help": "Default: the checkpoint's."})
+    top_p: float | None = field(default=None, metadata={"help": "Default: the checkpoint's."})
+    top_k: int | None = field(default=None, metadata={"help": "Default: the checkpoint's."})
+    repetition_penalty: float | None = field(default=None, metadata={"help": "Default: the checkpoint's."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Longest answer in tokens."})
     decoding: list[str] = field(
         default_factory=lambda: ["default"],
         metadata={
@@ -78,7 +80,8 @@ class EvalArguments:
         },
     )
     seed: int = field(default=42, metadata={"help": "Sampling seed (batch mode is reproducible)."})
-    attn_implementation: str = field(default="auto", metadata={"help": "auto, sdpa, eager, flash_attention_2."})
+    attn_implementation: str = field(default="auto", metadata={"help": "Attention kernel.",
+                                                               "choices": list(ATTENTION_CHOICES)})  # fmt: skip
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda."})
 
     def sampling(self) -> dict:
@@ -87,34 +90,72 @@ class EvalArguments:
 
 def load(path: str, args: EvalArguments):
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    model = load_causal_lm(path, select_attn_implementation(args.attn_implementation), dtype).to(device).eval()
+    attn, _ = select_attn_implementation(args.attn_implementation, detect_hardware(use_cpu=device == "cpu"))
+    model = load_causal_lm(path, attn, inference_dtype(device)).to(device).eval()
     chat = {"chat": True, "raw": False}.get(args.mode, is_chat_checkpoint(path))
     return model, load_tokenizer(path), chat
+
+
+def _lines(file: Path) -> list[tuple[int, str]]:
+    """Numbered lines of a UTF-8 text file; invalid UTF-8 fails naming the file and line."""
+    lines = []
+    for n, raw in enumerate(file.read_bytes().splitlines(), start=1):
+        try:
+            lines.append((n, raw.decode("utf-8")))
+        except UnicodeDecodeError as err:
+            raise DataError(f"{file}, line {n}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
+    return lines
+
+
+def _jsonl_strings(file: Path, key: str) -> list[str]:
+    """The ``key`` string of every non-empty line of a JSONL file, each checked and named when wrong."""
+    values = []
+    for n, line in _lines(file):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)[key]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"{file}, line {n}: expected a JSON object with a string {key!r} "
+                            f"({type(err).__name__}: {err})") from err  # fmt: skip
+        if not isinstance(value, str):
+            raise DataError(f"{file}, line {n}: {key!r} is {type(value).__name__}, not a string")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise DataError(f"{file}, line {n}: {key!r} holds an unpaired surrogate ({err.reason})") from err
+        values.append(value)
+    return values
 
 
 def read_prompts(path: str) -> list[str]:
     """``.jsonl`` rows with a ``prompt`` field, or a text file with one prompt per line (``\\n`` escapes)."""
     file = Path(path)
+    if not file.is_file():
+        raise DataError(f"prompts file not found: {file}")
     if file.suffix == ".jsonl":
-        prompts = []
-        for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    prompts.append(json.loads(line)["prompt"])
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise ValueError(f"{file}, line {n}: expected a JSON object with a 'prompt' ({err})") from err
-        return prompts
-    return [unescape(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        prompts = _jsonl_strings(file, "prompt")
+    else:
+        prompts = [unescape(line) for _, line in _lines(file) if line.strip()]
+    if not prompts:
+        raise DataError(f"{file}: no prompts in it")
+    return prompts
 
 
 def read_eval_texts(path: str) -> list[str]:
+    """Held-out documents: a .txt file (one document), a .jsonl file with ``text``, or parquet with ``text``."""
     file = Path(path)
     if file.suffix == ".txt":
-        return [file.read_text(encoding="utf-8")]
-    if file.suffix == ".jsonl":
-        return [json.loads(line)["text"] for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r["text"] for _, _, r in read_rows(find_parquet_files(path), ["text"]) if r["text"]]
+        texts = ["\n".join(line for _, line in _lines(file))]
+    elif file.suffix == ".jsonl":
+        texts = _jsonl_strings(file, "text")
+    else:
+        texts = [r["text"] for _, _, r in read_rows(find_parquet_files(path), ["text"])
+                 if r is not None and isinstance(r["text"], str)]  # fmt: skip
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise DataError(f"{path}: no text to score")
+    return texts
 
 
 def perplexity(model, tokenizer, texts: list[str], max_tokens: int, block_size: int) -> dict:
@@ -128,7 +169,8 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int, block_size: 
         ids += doc
     nll, count = text_nll(model, ids, block_size)
     ppl, bpb = perplexity_and_bpb(nll, count, n_bytes)
-    return {"perplexity": ppl, "bits_per_byte": bpb, "scored_tokens": count}
+    # JSON has no NaN: a text too short to score gets null.
+    return {"perplexity": ppl if count else None, "bits_per_byte": bpb if count else None, "scored_tokens": count}
 
 
 def batch(args: EvalArguments) -> list[dict]:
@@ -166,7 +208,7 @@ def batch(args: EvalArguments) -> list[dict]:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     (out / "report.md").write_text(render_report(prompts, rows, metrics, columns), encoding="utf-8")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     return rows
 
 
@@ -217,7 +259,11 @@ def chat_loop(args: EvalArguments, stdin=None) -> None:
     print(f"mini_qwen {'chat' if chat else 'raw continuation'} with {args.model_name_or_path[0]}. {HELP}", flush=True)
     while True:
         print(">>> ", end="", flush=True)
-        line = stdin.readline()
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt ends the session quietly
+            print("\n[bye]", flush=True)
+            break
         if not line:
             break
         text = unescape(line.rstrip("\n"))
@@ -253,17 +299,40 @@ def chat_loop(args: EvalArguments, stdin=None) -> None:
             history += [{"role": "user", "content": text}, {"role": "assistant", "content": streamer.text}]
 
 
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+# Each sampling setting: how to read it, and the values generation accepts.
+SETTINGS = {
+    "do_sample": (_bool, lambda v: True, "true or false"),
+    "temperature": (float, lambda v: v > 0, "a number > 0"),
+    "top_p": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "top_k": (int, lambda v: v >= 0, "an integer >= 0"),
+    "repetition_penalty": (float, lambda v: v > 0, "a number > 0"),
+    "max_new_tokens": (int, lambda v: v >= 1, "an integer >= 1"),
+}
+
+
 def _set_sampling(sampling: dict, assignment: str) -> str:
+    """Apply ``key=value`` to the session's sampling settings if the value is valid; say what happened."""
     key, _, value = assignment.partition("=")
     key = key.strip()
-    if key not in sampling:
-        return f"[unknown key {key!r}; one of {', '.join(SAMPLING_KEYS)}]"
-    types = {"do_sample": lambda v: v.lower() in ("1", "true", "yes"), "top_k": int, "max_new_tokens": int}
+    if key not in SETTINGS:
+        return f"[unknown key {key!r}; one of {', '.join(SETTINGS)}]"
+    parse, valid, expected = SETTINGS[key]
     try:
-        sampling[key] = types.get(key, float)(value.strip())
+        parsed = parse(value.strip())
     except ValueError:
-        return f"[bad value {value!r} for {key}]"
-    return f"[{key} = {sampling[key]}]"
+        return f"[bad value {value.strip()!r} for {key}: expected {expected}]"
+    if parsed != parsed or not valid(parsed):  # parsed != parsed: NaN
+        return f"[bad value {value.strip()!r} for {key}: expected {expected}]"
+    sampling[key] = parsed
+    return f"[{key} = {parsed}]"
 
 
 def main(args: EvalArguments) -> list[dict] | None:

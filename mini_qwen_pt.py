@@ -23,26 +23,19 @@ from __future__ import annotations
 
 import logging
 import os
+from argparse import Namespace
 from dataclasses import dataclass, field
 
 from transformers import Trainer, TrainingArguments, set_seed
 
 from utils.args import parse_args
-from utils.checkpointing import fault_tolerant
+from utils.collate import PackedCollator
 from utils.data import find_parquet_files
-from utils.modeling import ModelShapeArguments, build_model, fused_lm_head_enabled, select_attn_implementation
-from utils.packing import PackedCollator, PackedDataset, build_token_cache
+from utils.modeling import ModelShapeArguments, build_model, check_block_size
+from utils.pt_data import PackedDataset, build_token_cache
+from utils.stage import FusedLMHeadTrainer, finish, log_batch_geometry, setup_logging, train_and_save
+from utils.stage_args import StageArguments
 from utils.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
-from utils.training import (
-    FusedLMHeadTrainer,
-    NonFiniteLossCallback,
-    StageArguments,
-    configure_hardware,
-    finish,
-    log_batch_geometry,
-    setup_logging,
-    train_and_save,
-)
 
 logger = logging.getLogger("mini_qwen")
 
@@ -55,7 +48,7 @@ class PTArguments(ModelShapeArguments, StageArguments):
     )
     languages: list[str] | None = field(default=None, metadata={"help": "Keep only these: chinese, english."})
     max_files_per_dir: int | None = field(
-        default=None, metadata={"help": "First N files of each folder (upstream: 3 for the big English sets)."}
+        default=None, metadata={"help": "First N files (sorted) of each folder; prepare.sh already caps the download."}
     )
     tokenizer_name_or_path: str = field(
         default=DEFAULT_TOKENIZER_DIR, metadata={"help": "Tokenizer folder; Qwen2.5's is built offline if empty."}
@@ -74,61 +67,43 @@ class PTArguments(ModelShapeArguments, StageArguments):
         default=min(8, os.cpu_count() or 1), metadata={"help": "Processes that tokenize files in parallel."}
     )
 
+    @classmethod
+    def validate(cls, ns: Namespace) -> None:
+        shape = ModelShapeArguments(**{k: getattr(ns, k) for k in ModelShapeArguments.__dataclass_fields__})
+        check_block_size(shape, ns.block_size)
+
 
 def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
-    setup_logging(training_args)
-    fused_lm_head = fused_lm_head_enabled(script_args.fused_lm_head)
-    configure_hardware(script_args.precision, training_args, fused_lm_head)
+    setup_logging(training_args, script_args.settled_notes)
     tokenizer = load_tokenizer(script_args.tokenizer_name_or_path)
-
     files = find_parquet_files(
         script_args.data_dir, script_args.domains, script_args.languages, script_args.max_files_per_dir
     )
     logger.info("Found %d parquet files under %s", len(files), script_args.data_dir)
     # Tokenize on the main process only; the others wait here and then open the same cache.
     with training_args.main_process_first(desc="tokenize and pack"):
-        cache = build_token_cache(
-            files,
-            script_args.data_dir,
-            tokenizer,
-            script_args.tokenizer_name_or_path,
-            script_args.cache_dir,
-            script_args.num_proc,
-        )
+        cache = build_token_cache(files, script_args.data_dir, tokenizer, script_args.tokenizer_name_or_path,
+                                  script_args.cache_dir, script_args.num_proc)  # fmt: skip
     dataset = PackedDataset(cache, script_args.block_size)
-    logger.info(
-        "%d blocks of %d tokens; %d tokens of the final partial block are not used",
-        len(dataset),
-        script_args.block_size,
-        dataset.dropped_tokens,
-    )
+    logger.info("%d blocks of %d tokens; %d tokens of the final partial block are not used", len(dataset),
+                script_args.block_size, dataset.dropped_tokens)  # fmt: skip
 
-    attn = select_attn_implementation(script_args.attn_implementation)
     set_seed(training_args.seed)  # the random init is part of the run: same seed, same weights
-    model = build_model(
-        script_args,
-        attn_implementation=attn,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    model = build_model(script_args, attn_implementation=script_args.attn_implementation, bos_token_id=None,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"vocab_size={model.config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
     global_batch = log_batch_geometry(training_args, script_args.block_size)
 
-    guard = NonFiniteLossCallback(training_args)
-    trainer_cls = FusedLMHeadTrainer if fused_lm_head else Trainer
-    trainer = fault_tolerant(trainer_cls)(
+    trainer_cls = FusedLMHeadTrainer if script_args.fused_lm_head == "true" else Trainer
+    trainer = trainer_cls(
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=PackedCollator(attn, tokenizer.pad_token_id),
+        data_collator=PackedCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[guard],
     )
-    train_and_save(
-        trainer, guard, tokenizer, "pt", script_args, data_summary=cache.meta, global_batch_size=global_batch
-    )
+    train_and_save(trainer, tokenizer, "pt", script_args, data_summary=cache.meta, global_batch_size=global_batch)
     finish(trainer)
     return trainer
 

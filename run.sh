@@ -15,7 +15,7 @@
 #   NUM_GPUS=6          >1: pt/sft/dpo run under `accelerate launch` with DeepSpeed (ACCELERATE_CONFIG)
 #   ACCELERATE_CONFIG=accelerate_config.yaml   (see configs/accelerate/ for ZeRO-3, offload, multi-node)
 #   NUM_MACHINES=1 MACHINE_RANK=0 MAIN_PROCESS_IP=... MAIN_PROCESS_PORT=29500   multi-node settings
-#   BACKGROUND=1        run pt/sft/dpo with nohup, logging to logs/<stage>.log
+#   BACKGROUND=1        run pt/sft/dpo with nohup, logging to $LOG_DIR/<stage>.log (LOG_DIR=logs)
 #   CONFIG=path.yaml    a different recipe for pt/sft/dpo
 #   VENV=.venv          the virtual environment to create/use; PYTHON=python3 the interpreter that makes it
 #   TORCH_SPEC="torch==2.13.0"   how torch is installed if missing (e.g. a CUDA build on GPU machines)
@@ -34,6 +34,7 @@ PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 NUM_GPUS=${NUM_GPUS:-1}
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-accelerate_config.yaml}
+LOG_DIR=${LOG_DIR:-logs}
 
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
@@ -69,8 +70,8 @@ launch() {  # launch <script> <recipe> [flags...]
   fi
   cmd+=(--config "${CONFIG:-$recipe}" "$@")
   if [ "${BACKGROUND:-0}" = 1 ]; then
-    mkdir -p logs
-    local log="logs/$(basename "$script" .py | sed 's/mini_qwen_//').log"
+    mkdir -p "$LOG_DIR"
+    local log="$LOG_DIR/$(basename "$script" .py | sed 's/mini_qwen_//').log"
     nohup "${cmd[@]}" >"$log" 2>&1 &
     echo "[run.sh] started in the background (pid $!). Follow it with: tail -f $log"
   else
@@ -84,7 +85,7 @@ case "$mode" in
   -h | --help | help | "") usage ;;
   setup) setup ;;
   demo) setup && "$VENV/bin/python" -m demo.run_all "$@" ;;
-  test) setup && "$VENV/bin/python" -m pytest -q tests "$@" ;;
+  test) setup && "$VENV/bin/python" -m pytest -q --durations=10 tests "$@" ;;
   pt) setup && launch mini_qwen_pt.py configs/pt_full.yaml "$@" ;;
   sft) setup && launch mini_qwen_sft.py configs/sft_full.yaml "$@" ;;
   dpo) setup && launch mini_qwen_dpo.py configs/dpo_full.yaml "$@" ;;

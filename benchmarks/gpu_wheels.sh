@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Fetch, here (PyPI reachable), the wheels benchmarks/gpu_check.sh needs on the offline GPU machine, whose
-# image has torch, Triton, accelerate and an older transformers but not trl/datasets/liger-kernel.
-# They land in .whl/ (git-ignored), which the device run carries: carry [".whl", "models/Qwen2.5-0.5B-Instruct"].
+# Download, on a machine with PyPI access, the pure-Python wheels benchmarks/gpu_check.sh needs on an offline GPU
+# machine whose Python has torch, Triton, accelerate and transformers but not trl, datasets or liger-kernel.
+# They land in .whl/ (git-ignored); copy that folder with the repository. gpu_check.sh installs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

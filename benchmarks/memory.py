@@ -27,16 +27,20 @@ import importlib.util
 import logging
 import math
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
+from transformers import HfArgumentParser, TrainingArguments
+from trl import DPOConfig, SFTConfig
 
 from benchmarks.train_speed import SHAPES, step_loss
-from utils.modeling import ModelShapeArguments, build_model, count_parameters, torch_dtype_for, use_fused_lm_head
-from utils.packing import IGNORE_INDEX, PackedCollator
+from utils.args import read_recipe
+from utils.collate import IGNORE_INDEX, PackedCollator
+from utils.hardware import torch_dtype_for
+from utils.modeling import SHAPE_FIELDS, ModelShapeArguments, build_model, count_parameters, use_fused_lm_head
 
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit")
 # Optimizer-state layout of bitsandbytes' blockwise 8-bit Adam.
@@ -63,32 +67,27 @@ class Setup:
 
 
 def recipe_setup(stage: str, config: str, shape_name: str) -> Setup:
-    """Read a stage recipe with the stage's own argument classes, so defaults are the real run's."""
-    from utils.args import parse_args
-
+    """Read a stage recipe: its shape, sequence length, micro-batch, precision and levers, with the Trainer's
+    (or TRL's) defaults for what the recipe leaves out. The stage-only keys a memory estimate needs are read
+    from the YAML as written (every shipped recipe sets them)."""
+    recipe = read_recipe(config)
+    config_type = {"pt": TrainingArguments, "sft": SFTConfig, "dpo": DPOConfig}[stage]
+    known = {f.name for f in fields(config_type)}
+    (train,) = HfArgumentParser(config_type).parse_dict(
+        {"output_dir": "unused", **{k: v for k, v in recipe.items() if k in known}, "bf16": False}
+    )
     if stage == "pt":
-        from transformers import TrainingArguments
-
-        from mini_qwen_pt import PTArguments
-
-        script, train = parse_args((PTArguments, TrainingArguments), ["--config", config])
-        shape = ModelShapeArguments(base_config=script.base_config, **script.overrides())
-        seq_len = script.block_size
+        if "block_size" not in recipe:
+            raise SystemExit(f"{config}: no block_size (the sequence length of a PT recipe)")
+        shape_keys = ("base_config", *SHAPE_FIELDS)
+        shape = ModelShapeArguments(**{k: recipe[k] for k in shape_keys if k in recipe})
+        seq_len = recipe["block_size"]
     else:
-        if stage == "sft":
-            from trl import SFTConfig as Config
-
-            from mini_qwen_sft import SFTArguments as Arguments
-        else:
-            from trl import DPOConfig as Config
-
-            from mini_qwen_dpo import DPOArguments as Arguments
-        script, train = parse_args((Arguments, Config), ["--config", config])
-        checkpoint = Path(script.model_name_or_path) / "config.json"
+        checkpoint = Path(recipe.get("model_name_or_path", "")) / "config.json"
         # The SFT/DPO recipes start from a trained checkpoint; without one, the shape comes from --shape.
         shape = ModelShapeArguments(base_config=str(checkpoint)) if checkpoint.is_file() else shape_of(shape_name)
         seq_len = train.max_length
-    precision = script.precision
+    precision = recipe.get("precision", "auto")
     if precision == "auto":
         precision = "fp16" if train.fp16 else "bf16"  # what auto picks on a GPU (fp16 and bf16 take the same room)
     return Setup(
@@ -100,7 +99,7 @@ def recipe_setup(stage: str, config: str, shape_name: str) -> Setup:
         activation_checkpointing=train.activation_checkpointing,
         optim=getattr(train.optim, "value", train.optim),
         # PT's auto turns it on on CUDA GPUs; TRL's SFT and DPO trainers always use it.
-        fused_lm_head=stage != "pt" or script.fused_lm_head != "false",
+        fused_lm_head=stage != "pt" or str(recipe.get("fused_lm_head", "auto")).lower() != "false",
         live_reference=stage == "dpo" and not train.precompute_ref_log_probs,
         source=config,
     )
@@ -111,7 +110,7 @@ def shape_of(name: str) -> ModelShapeArguments:
 
 
 def make_batch(setup: Setup, vocab: int, device: torch.device) -> dict:
-    """A full micro-batch: PT rows, SFT rows packed with two conversations (block mask), DPO chosen+rejected rows."""
+    """A full micro-batch: PT rows, SFT rows packed with two conversations (one flat row), DPO chosen+rejected rows."""
     seq, bsz = setup.seq_len, setup.batch_size
     if setup.stage == "pt":
         ids = torch.randint(0, vocab, (bsz, seq), device=device)
@@ -121,8 +120,8 @@ def make_batch(setup: Setup, vocab: int, device: torch.device) -> dict:
         for _ in range(bsz):
             ids = torch.randint(0, vocab, (seq,))
             examples.append({"input_ids": ids, "labels": ids.clone(), "seq_lengths": [seq // 2, seq - seq // 2]})
-        batch = PackedCollator("sdpa", pad_token_id=0)(examples)
-        return {k: v.to(device) for k, v in batch.items()}
+        batch = PackedCollator(pad_token_id=0)(examples)
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     ids = torch.randint(0, vocab, (2 * bsz, seq), device=device)
     labels = ids.clone()
     labels[:, : seq // 4] = IGNORE_INDEX  # the prompt

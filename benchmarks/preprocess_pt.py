@@ -1,11 +1,11 @@
 """PT preprocessing throughput: our pipeline vs upstream's approach, same files, same tokenizer, one run.
 
-    python -m benchmarks.preprocess_pt --data_dir ../shared/real_samples/pt --repeat 8
     python -m benchmarks.preprocess_pt --data_dir mini_data/pt
+    python -m benchmarks.preprocess_pt --data_dir data/pt/news_media --repeat 1     # after prepare.sh --stage pt
 
 Upstream's approach: ``datasets`` parquet loading, ``Dataset.map`` with batched Hugging Face tokenization
 of ``text + eos``, ``itertools.chain`` of the batch and a split into fixed blocks. Ours:
-``utils.packing.build_token_cache`` (tiktoken engine, streaming into a flat token file). Both run in one
+``utils.pt_data.build_token_cache`` (tiktoken engine, streaming into a flat token file). Both run in one
 process (per-process throughput) on ``--repeat`` copies of every input file, with fresh caches.
 """
 
@@ -27,7 +27,7 @@ from datasets import load_dataset
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from utils.data import find_parquet_files
-from utils.packing import build_token_cache
+from utils.pt_data import build_token_cache
 from utils.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 
 

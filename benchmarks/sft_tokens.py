@@ -1,12 +1,12 @@
 """SFT compute layout: how much of what the GPU computes is real, supervised text. No model is run.
 
-    python -m benchmarks.sft_tokens --data_dir ../shared/real_samples/sft
     python -m benchmarks.sft_tokens --data_dir mini_data/sft
+    python -m benchmarks.sft_tokens --data_dir data/sft/7M        # after prepare.sh --stage sft
 
 Upstream's layout: one human/gpt pair per conversation (its code kept the last one), rows of at most
 ``max_length`` tokens, batches of ``batch_size`` padded to the longest row. Ours: every turn of every
-conversation, packed whole into rows of at most ``max_length`` (best-fit decreasing), then either
-flattened into one row (flash-attention-2, no padding at all) or padded per batch (sdpa).
+conversation, packed whole into rows of at most ``max_length`` (best-fit decreasing), then each micro-batch
+flattened into one row with no padding at all (the layout every attention backend trains on here).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import tempfile
 
 from trl import pack_dataset
 
-from mini_qwen_sft import load_sft_dataset
 from utils.chat import SkipRow, conversation_to_messages, encode_chat
+from utils.collate import IGNORE_INDEX, PackedCollator
 from utils.data import find_parquet_files, read_rows
-from utils.packing import IGNORE_INDEX, PackedCollator
+from utils.sft_data import load_sft_dataset
 from utils.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 
 
@@ -37,6 +37,8 @@ def upstream_rows(data_dir: str, tokenizer, max_length: int) -> list[dict]:
     rows = []
     for _, _, record in read_rows(find_parquet_files(data_dir), ["conversations"]):
         try:
+            if record is None:
+                continue
             messages = conversation_to_messages(record["conversations"])
         except SkipRow:
             continue
@@ -62,9 +64,8 @@ def main() -> None:
         dataset, summary = load_sft_dataset(args.data_dir, args.tokenizer, args.max_length, cache_dir=tmp)
         packed = pack_dataset(dataset.shuffle(seed=0), args.max_length, "bfd").to_list()
     results = {
-        "upstream: last pair, padded": measure(upstream, PackedCollator("sdpa", 0, isolate=False), args.batch_size),
-        "ours: all turns, packed, FA2": measure(packed, PackedCollator("flash_attention_2", 0), args.batch_size),
-        "ours: all turns, packed, sdpa": measure(packed, PackedCollator("sdpa", 0), args.batch_size),
+        "upstream: last pair, padded": measure(upstream, PackedCollator(0, isolate=False), args.batch_size),
+        "ours: all turns, packed, flat": measure(packed, PackedCollator(0), args.batch_size),
     }
     per_step = args.batch_size * args.grad_accum
     print(f"\n{args.data_dir}: {len(upstream)} conversations; rows of {args.max_length}, batch {args.batch_size}")

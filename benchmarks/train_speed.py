@@ -6,14 +6,18 @@
 Configurations:
   baseline  upstream's path: HF defaults (sdpa), SFT rows padded per batch, DPO with a live reference
             forward every step, plain AdamW, no fused kernels.
-  ours      this repo's defaults: flash-attention-2 where usable (else sdpa with the block mask), packed
-            document-isolated rows, the fused LM head on GPU (no full logits), fused AdamW on GPU, Liger's layer
-            kernels if installed, DPO reference log-probs precomputed (precompute_ref_log_probs).
+  ours      this repo's defaults: flash-attention-2 where usable (else sdpa), each micro-batch flattened into
+            one row whose documents are isolated by restarting position ids, the fused LM head on GPU (no full
+            logits), fused AdamW on GPU, Liger's layer kernels if installed, DPO reference log-probs precomputed
+            (precompute_ref_log_probs).
   ours+gc   ours with gradient checkpointing (the memory lever).
   ours+compile  ours under torch.compile.
   ours-fused_head  ours with plain logits + cross-entropy instead of the fused LM head (that lever alone).
   ours+flex ours with flex_attention (block-sparse document mask) instead of flash-attention-2/sdpa: the path
             for GPUs without flash-attn. GPU only (PyTorch has no flex backward on CPU).
+
+Token lengths come from the bundled mini_data, or from the data given with --sft_data / --dpo_data (for
+example a prepare.sh download).
 
 Printed per stage and configuration: time per optimizer step, computed and real tokens/s, the real-token
 share, MFU (model FLOPs on computed tokens / peak) and useful MFU (on real tokens only), pairs/s for DPO,
@@ -37,15 +41,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from utils.modeling import (
-    ModelShapeArguments,
-    build_model,
-    count_parameters,
-    fused_lm_head_enabled,
-    select_attn_implementation,
-    use_fused_lm_head,
-)
-from utils.packing import IGNORE_INDEX, PackedCollator
+from utils.collate import IGNORE_INDEX, PackedCollator
+from utils.hardware import detect_hardware, fused_lm_head_usable, select_attn_implementation
+from utils.modeling import ModelShapeArguments, build_model, count_parameters, use_fused_lm_head
 
 SHAPES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -96,23 +94,23 @@ def flops_per_token(model, seq_len: int) -> float:
 
 def data_lengths(kind: str, source: str | None, tokenizer_dir: str, limit: int = 2000) -> list:
     """Token lengths from real/bundled data: conversations for SFT, (prompt, chosen, rejected) for DPO."""
-    from utils.chat import SkipRow, conversation_to_messages, pair_token_ids, preference_pair, prompt_ids
+    from utils.chat import SkipRow, conversation_to_messages, encode_messages
     from utils.data import find_parquet_files, read_rows
+    from utils.dpo_data import encode_pair, preference_pair
     from utils.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     out = []
-    columns = ["conversations"] if kind == "sft" else ["prompt", "chosen", "rejected"]
+    columns = ["conversations"] if kind == "sft" else ["chosen", "rejected"]
     for _, _, row in read_rows(find_parquet_files(source), columns):
         try:
+            if row is None:
+                continue
             if kind == "sft":
-                messages = conversation_to_messages(row["conversations"])
-                out.append(len(tokenizer.apply_chat_template(messages, return_dict=True)["input_ids"]))
+                out.append(len(encode_messages(tokenizer, conversation_to_messages(row["conversations"]))[0]))
             else:
-                pair = preference_pair(row, tokenizer, 512)
-                head = len(prompt_ids(tokenizer, pair.prompt))
-                out.append(tuple([head] + [len(pair_token_ids(tokenizer, pair.prompt, pair.__dict__[k]))
-                                           for k in ("chosen", "rejected")]))  # fmt: skip
+                ids = encode_pair(tokenizer, preference_pair(row, tokenizer, 512))
+                out.append(tuple(len(ids[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")))
         except SkipRow:
             continue
         if len(out) >= limit:
@@ -126,7 +124,7 @@ def make_batches(stage: str, config: str, args, lengths, vocab: int, attn: str, 
     fitting = [x for x in lengths if x <= seq] if stage == "sft" else []
     if stage == "sft" and not fitting:
         raise ValueError(f"no conversation fits seq_len={seq}")
-    collate = PackedCollator(attn, pad_token_id=0, isolate=config != "baseline")
+    collate = PackedCollator(pad_token_id=0, isolate=config != "baseline")
     batches = []
     for _ in range(n):
         if stage == "pt":
@@ -171,7 +169,7 @@ def make_batches(stage: str, config: str, args, lengths, vocab: int, attn: str, 
                     labels = ids.clone()
                     labels[: min(head, total - 1)] = IGNORE_INDEX
                     examples.append({"input_ids": ids, "labels": labels})
-            batch = PackedCollator(attn, pad_token_id=0, isolate=False)(examples)
+            batch = PackedCollator(pad_token_id=0, isolate=False)(examples)
             real = sum(min(h + c, seq) + min(h + r, seq) for h, c, r in pairs)
             batches.append(Batch(batch, real, batch["input_ids"].numel(), pairs=bsz))
         collate.computed_tokens = collate.real_tokens = 0
@@ -209,7 +207,14 @@ def run_config(stage: str, config: str, args, lengths, device, peak: float) -> d
     use_ours = config != "baseline"
     if config == "ours+flex" and device.type != "cuda":
         raise ValueError("ours+flex needs a CUDA GPU: PyTorch has no flex_attention backward on CPU")
-    attn = "flex_attention" if config == "ours+flex" else select_attn_implementation("auto") if use_ours else "sdpa"
+    hardware = detect_hardware()
+    attn = (
+        "flex_attention"
+        if config == "ours+flex"
+        else select_attn_implementation("auto", hardware)[0]
+        if use_ours
+        else "sdpa"
+    )
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     model = build_model(ModelShapeArguments(**SHAPES[args.shape]), attn_implementation=attn).to(device)
     kernels = []
@@ -222,7 +227,7 @@ def run_config(stage: str, config: str, args, lengths, device, peak: float) -> d
             kernels.append("liger")
         except ImportError:
             logger.info("liger-kernel not installed: running without fused kernels")
-    fused_head = use_ours and config != "ours-fused_head" and fused_lm_head_enabled("auto")
+    fused_head = use_ours and config != "ours-fused_head" and fused_lm_head_usable("auto", hardware)[0]
     if fused_head:
         use_fused_lm_head(model)
         kernels.append("lm_head")
@@ -311,21 +316,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=5, help="Timed optimizer steps per configuration.")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps first (allocation, compilation).")
     parser.add_argument("--peak_tflops", type=float, default=None, help="Override the device's peak TFLOP/s.")
-    parser.add_argument("--sft_data", default=None, help="SFT parquet dir for lengths (default: real or mini).")
-    parser.add_argument("--dpo_data", default=None, help="DPO parquet dir for lengths (default: real or mini).")
+    parser.add_argument("--sft_data", default="mini_data/sft", help="SFT parquet dir the lengths come from.")
+    parser.add_argument("--dpo_data", default="mini_data/dpo", help="DPO parquet dir the lengths come from.")
     parser.add_argument("--tokenizer", default="models/Qwen2.5-0.5B-Instruct", help="Tokenizer for the lengths.")
     parser.add_argument("--json", default=None, help="Also write the rows to this JSON file.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    real = Path(__file__).resolve().parent.parent.parent / "shared" / "real_samples"
-    default_source = {k: str(real / k) if (real / k).is_dir() else f"mini_data/{k}" for k in ("sft", "dpo")}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     peak, device_name = (args.peak_tflops, "given") if args.peak_tflops else detect_peak_tflops(device)
     stages = ["pt", "sft", "dpo"] if args.stage == "all" else [args.stage]
     rows = []
     for stage in stages:
-        source = {"sft": args.sft_data or default_source["sft"], "dpo": args.dpo_data or default_source["dpo"]}
+        source = {"sft": args.sft_data, "dpo": args.dpo_data}
         lengths = data_lengths(stage, source[stage], args.tokenizer) if stage != "pt" else []
         for config in args.configs:
             try:

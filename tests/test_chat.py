@@ -1,4 +1,5 @@
-"""SFT and DPO rows: exact labels, turn-boundary truncation, skip reasons, real-sample formats."""
+"""SFT and DPO rows: exact labels, special-token text kept as text, turn-boundary truncation, skip reasons,
+real-sample formats."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import MINI_DATA, REAL_SAMPLES, needs_real_samples
 
-from mini_qwen_dpo import load_preference_pairs
-from mini_qwen_sft import load_sft_dataset
-from utils.chat import SkipRow, conversation_to_messages, encode_chat, pair_token_ids, preference_pair
-from utils.packing import IGNORE_INDEX
+from utils.chat import SkipRow, completion_ids, conversation_to_messages, encode_chat
+from utils.collate import IGNORE_INDEX
+from utils.dpo_data import load_preference_pairs, preference_pair
+from utils.sft_data import load_sft_dataset
 
 SINGLE = [{"role": "user", "content": "李白是谁？"}, {"role": "assistant", "content": "唐代诗人，号青莲居士。"}]
 MULTI = [
@@ -113,7 +114,7 @@ def test_real_dpo_rows_exact(qwen_tokenizer):
         assert pair.prompt == [{"role": "user", "content": row["prompt"]}]
         assert pair.chosen == [{"role": "assistant", "content": row["chosen"][1]["content"]}]
         assert pair.rejected == [{"role": "assistant", "content": row["rejected"][1]["content"]}]
-        ids = pair_token_ids(qwen_tokenizer, pair.prompt, pair.chosen)
+        ids = completion_ids(qwen_tokenizer, pair.prompt, pair.chosen)
         assert ids == qwen_tokenizer(row["chosen"][1]["content"], add_special_tokens=False)["input_ids"] + [151645]
         text = qwen_tokenizer.apply_chat_template(pair.prompt, tokenize=False, add_generation_prompt=True)
         assert text == f"<|im_start|>user\n{row['prompt']}<|im_end|>\n<|im_start|>assistant\n"
@@ -142,6 +143,6 @@ def test_dpo_bad_rows_and_prompt_budget(qwen_tokenizer):
 
 
 def test_bundled_dpo_data_skips_are_counted(qwen_tokenizer):
-    rows, summary = load_preference_pairs(str(MINI_DATA / "dpo"), qwen_tokenizer, 512)
+    rows, summary = load_preference_pairs(str(MINI_DATA / "dpo"), qwen_tokenizer, 512, 1024)
     assert summary["skipped"] == {"chosen equals rejected": 1, "empty reply": 1, "roles out of order": 1}
     assert len(rows) == summary["rows"] - 3 >= 100

@@ -21,7 +21,7 @@ import mini_qwen_dpo
 import mini_qwen_pt
 import mini_qwen_sft
 from utils.args import parse_args
-from utils.checkpointing import COMPLETE_MARKER, checkpoint_problem, find_resume_checkpoint, rotate
+from utils.checkpointing import COMPLETE_MARKER, checkpoint_problem, find_resume_checkpoint, mark_complete, rotate
 
 Stage = namedtuple("Stage", "script module types")
 PT = Stage("mini_qwen_pt.py", mini_qwen_pt, (mini_qwen_pt.PTArguments, TrainingArguments))
@@ -30,21 +30,21 @@ DPO = Stage("mini_qwen_dpo.py", mini_qwen_dpo, (mini_qwen_dpo.DPOArguments, DPOC
 COMMON = ["--report_to", "none", "--logging_steps", "1", "--save_strategy", "no", "--seed", "7"]
 
 
-def pt_argv(tmp_path, tokenizer_dir, out="pt", steps="40") -> list[str]:
+def pt_argv(tmp_path, tokenizer_dir, out="pt", steps="12") -> list[str]:
     return ["--data_dir", str(MINI_DATA / "pt"), "--tokenizer_name_or_path", str(tokenizer_dir), *TINY_SHAPE,
             "--vocab_size", "1024", "--block_size", "128", "--cache_dir", str(tmp_path / "cache"), "--output_dir",
             str(tmp_path / out), "--max_steps", steps, "--per_device_train_batch_size", "8", "--learning_rate",
             "3e-3", "--num_proc", "1", *COMMON]  # fmt: skip
 
 
-def sft_argv(tmp_path, model_dir, out="sft", steps="40") -> list[str]:
+def sft_argv(tmp_path, model_dir, out="sft", steps="12") -> list[str]:
     return ["--model_name_or_path", str(model_dir), "--data_dir", str(MINI_DATA / "sft"), "--output_dir",
-            str(tmp_path / out), "--cache_dir", str(tmp_path / "cache_sft"), "--max_length", "256", "--max_steps",
-            steps, "--per_device_train_batch_size", "4", "--learning_rate", "3e-3", "--activation_checkpointing",
+            str(tmp_path / out), "--cache_dir", str(tmp_path / "cache_sft"), "--max_length", "128", "--max_steps",
+            steps, "--per_device_train_batch_size", "2", "--learning_rate", "3e-3", "--activation_checkpointing",
             "false", *COMMON]  # fmt: skip
 
 
-def dpo_argv(tmp_path, model_dir, out="dpo", steps="30") -> list[str]:
+def dpo_argv(tmp_path, model_dir, out="dpo", steps="10") -> list[str]:
     return ["--model_name_or_path", str(model_dir), "--data_dir", str(MINI_DATA / "dpo"), "--output_dir",
             str(tmp_path / out), "--max_length", "160", "--max_prompt_length", "64", "--holdout", "0", "--max_steps",
             steps, "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--activation_checkpointing",
@@ -107,11 +107,24 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path, small_tokenize
     assert resumed == pytest.approx(straight, rel=1e-4, abs=1e-6)
 
 
+def two_checkpoint_argv(cache_root: Path, out: Path, tokenizer_dir) -> list[str]:
+    return pt_argv(cache_root, tokenizer_dir, steps="8") + ["--save_strategy", "steps", "--save_steps", "4",
+                                                            "--output_dir", str(out)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory, small_tokenizer_dir):
+    """A finished 8-step PT run with complete checkpoints at steps 4 and 8, trained once per module."""
+    root = tmp_path_factory.mktemp("saved_run")
+    run(PT, two_checkpoint_argv(root, root / "pt", small_tokenizer_dir))
+    return root
+
+
 @pytest.fixture()
-def two_checkpoints(tmp_path, small_tokenizer_dir):
-    argv = pt_argv(tmp_path, small_tokenizer_dir, steps="8") + ["--save_strategy", "steps", "--save_steps", "4"]
-    run(PT, argv)
-    return tmp_path / "pt", argv
+def two_checkpoints(tmp_path, saved_run, small_tokenizer_dir):
+    """A private copy of ``saved_run`` and the arguments that made it (pointing at the copy)."""
+    shutil.copytree(saved_run / "pt", tmp_path / "pt")
+    return tmp_path / "pt", two_checkpoint_argv(saved_run, tmp_path / "pt", small_tokenizer_dir)
 
 
 def test_half_written_checkpoint_is_skipped_with_a_warning(two_checkpoints, caplog):
@@ -122,8 +135,12 @@ def test_half_written_checkpoint_is_skipped_with_a_warning(two_checkpoints, capl
     with caplog.at_level(logging.WARNING, logger="mini_qwen"):
         assert find_resume_checkpoint(out) == out / "checkpoint-4"
     assert "Skipping checkpoint" in caplog.text and "checkpoint-8" in caplog.text and "incomplete" in caplog.text
-    # A marker with a broken trainer_state.json is not trusted either.
-    (out / "checkpoint-4" / "trainer_state.json").write_text("{not json")
+    # A marker with a replaced trainer_state.json is not trusted either, nor one of the same size that is broken.
+    state = out / "checkpoint-4" / "trainer_state.json"
+    state.write_text("{not json")
+    assert "trainer_state.json has 9 bytes" in checkpoint_problem(out / "checkpoint-4")
+    state.write_text("{" + "x" * (json.loads((out / "checkpoint-4" / COMPLETE_MARKER).read_text())["files"][
+        "trainer_state.json"] - 1))  # fmt: skip
     assert "unreadable trainer_state.json" in checkpoint_problem(out / "checkpoint-4")
 
 
@@ -146,7 +163,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, small_tok
 
     monkeypatch.setattr(Trainer, "_save_rng_state", full_disk)
     argv = pt_argv(tmp_path, small_tokenizer_dir, steps="8") + ["--save_strategy", "steps", "--save_steps", "4"]
-    with pytest.raises(RuntimeError, match=r"Disk full while saving .*checkpoint-8.*checkpoint-4 is intact"):
+    with pytest.raises(RuntimeError, match=r"Disk full while saving checkpoint-8 .*checkpoint-4 is intact"):
         run(PT, argv)
     assert find_resume_checkpoint(tmp_path / "pt") == tmp_path / "pt" / "checkpoint-4"
     AutoModelForCausalLM.from_pretrained(tmp_path / "pt" / "checkpoint-4")
@@ -159,7 +176,7 @@ def test_rotation_never_deletes_the_newest_complete_checkpoint(tmp_path):
         (path / "trainer_state.json").write_text("{}")
         (path / "model.safetensors").write_bytes(b"x")
         if complete:
-            (path / COMPLETE_MARKER).write_text("{}")
+            mark_complete(path, step)
     rotate(tmp_path, limit=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-6"]
 
@@ -184,3 +201,54 @@ def test_low_disk_space_warns(tmp_path, small_tokenizer_dir, monkeypatch, caplog
     with caplog.at_level(logging.WARNING, logger="mini_qwen"):
         run(PT, pt_argv(tmp_path, small_tokenizer_dir, steps="1"))
     assert "GB free in" in caplog.text and "two must fit" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt"])
+def test_a_truncated_file_falls_back_to_the_previous_checkpoint(two_checkpoints, caplog, name):
+    out, argv = two_checkpoints
+    file = out / "checkpoint-8" / name
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # complete marker, broken file
+    with caplog.at_level(logging.WARNING, logger="mini_qwen"):
+        trainer = run(PT, [*argv, "--resume", "auto"])
+    assert f"Skipping checkpoint {out / 'checkpoint-8'}: {name} has" in caplog.text and "truncated" in caplog.text
+    assert trainer.state.global_step == 8 and checkpoint_problem(out / "checkpoint-8") is None  # saved again
+
+
+def test_resume_refuses_other_settings_unless_accepted(two_checkpoints, caplog):
+    out, argv = two_checkpoints
+    with pytest.raises(SystemExit, match=r"other settings: block_size: 128 -> 64; learning_rate: 0.003 -> 0.001"):
+        run(PT, [*argv, "--resume", "auto", "--block_size", "64", "--learning_rate", "1e-3"])
+    with caplog.at_level(logging.WARNING, logger="mini_qwen"):
+        trainer = run(PT, [*argv, "--resume", "auto", "--learning_rate", "1e-3", "--resume_with_changes", "true",
+                           "--max_steps", "10"])  # fmt: skip
+    assert "Resuming with a changed setting (accepted): learning_rate: 0.003 -> 0.001" in caplog.text
+    assert trainer.state.global_step == 10
+
+
+def test_overwrite_removes_the_other_runs_checkpoints(two_checkpoints):
+    """Otherwise rotation would delete this run's checkpoint (the other run's have higher steps) and
+    --resume auto would later continue the other run."""
+    out, argv = two_checkpoints
+    ours = [a if a != "3e-3" else "1e-3" for a in argv] + ["--max_steps", "4", "--save_steps", "2",
+                                                           "--keep_checkpoints", "1"]  # fmt: skip
+    run(PT, [*ours, "--overwrite_output_dir", "true"])
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]
+    info = json.loads((out / "checkpoint-4" / "run_info.json").read_text())
+    assert info["arguments"]["TrainingArguments"]["learning_rate"] == 1e-3
+    assert find_resume_checkpoint(out) == out / "checkpoint-4"
+
+
+def test_a_run_that_failed_before_training_does_not_lock_its_folder(tmp_path, small_tokenizer_dir):
+    argv = pt_argv(tmp_path, small_tokenizer_dir, steps="2")
+    (tmp_path / "pt").mkdir()
+    (tmp_path / "pt" / "run_info.json").write_text(json.dumps({"stage": "pt", "arguments": {"A": {"block_size": 9}}}))
+    trainer = run(PT, [*argv, "--resume", "auto"])  # no checkpoint: a fresh start, not a refusal
+    assert trainer.state.global_step == 2
+
+
+def test_leftovers_of_an_interrupted_save_are_removed(two_checkpoints):
+    out, argv = two_checkpoints
+    (out / "checkpoint-8" / COMPLETE_MARKER).unlink()  # killed during the save of step 8
+    (out / "checkpoint-8" / "model.safetensors.tmp3k2j").write_bytes(b"partial")
+    run(PT, [*argv, "--resume", "auto"])
+    assert not list(out.glob("checkpoint-8/*.tmp*")) and checkpoint_problem(out / "checkpoint-8") is None

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
-from utils.modeling import (
-    ModelShapeArguments,
-    build_config,
-    build_model,
-    count_parameters,
-    select_attn_implementation,
-    select_precision,
-)
+from utils.modeling import ModelShapeArguments, build_config, build_model, check_block_size, count_parameters
 
 FULL = dict(hidden_size=1024, num_hidden_layers=48, num_attention_heads=16, num_key_value_heads=4)
 
@@ -54,27 +45,9 @@ def test_invalid_shapes_fail_before_allocation(overrides, field_name, monkeypatc
         build_model(ModelShapeArguments(**overrides))
 
 
-def test_hardware_choice_on_cpu():
-    assert select_attn_implementation("auto") == "sdpa"
-    assert select_attn_implementation("eager") == "eager"
-    assert select_precision("auto") == "fp32"
-    assert select_precision("bf16") == "bf16"
-    with pytest.raises(ValueError, match="precision"):
-        select_precision("int8")
-
-
-def test_attention_choice_says_why_it_is_not_flash(monkeypatch, caplog):
-    import importlib.util
-
-    caplog.set_level(logging.INFO, logger="utils.modeling")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "flash_attn" else real(name))
-    assert select_attn_implementation("auto") == "sdpa"
-    assert "flash-attn is not installed" in caplog.text
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else real(name))
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (7, 5))  # a T4
-    assert select_attn_implementation("auto") == "sdpa"
-    assert "needs an Ampere or newer GPU" in caplog.text
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (9, 0))  # an H100
-    assert select_attn_implementation("auto") == "flash_attention_2"
+def test_block_size_beyond_the_rope_table_is_refused():
+    check_block_size(ModelShapeArguments(), 32768)
+    with pytest.raises(ValueError, match="block_size=40000 must be between 2 and max_position_embeddings=32768"):
+        check_block_size(ModelShapeArguments(), 40000)
+    with pytest.raises(ValueError, match="max_position_embeddings=512"):
+        check_block_size(ModelShapeArguments(max_position_embeddings=512), 1024)

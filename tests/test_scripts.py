@@ -1,4 +1,5 @@
-"""run.sh and prepare.sh: every documented mode runs; downloads are stubbed at the process boundary."""
+"""run.sh and prepare.sh: each mode's own wiring (the commands it runs), with the programs it calls stubbed at
+the process boundary; the stages themselves are tested elsewhere."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, TINY_SHAPE
+from conftest import ROOT
 
 ENV = {**os.environ, "VENV": sys.prefix}
 
@@ -25,108 +26,183 @@ def sh(*args, env=None, check=True, timeout=600):
     return result
 
 
-def test_run_sh_help_documents_every_mode():
+@pytest.fixture()
+def stub_venv(tmp_path):
+    """A venv whose python and accelerate only record how they were called (one JSON line per call)."""
+    venv, calls = tmp_path / "venv", tmp_path / "calls.jsonl"
+    (venv / "bin").mkdir(parents=True)
+    for name in ("python", "accelerate"):
+        stub = venv / "bin" / name
+        record = f"open({str(calls)!r}, 'a').write(json.dumps([{name!r}, *sys.argv[1:]]) + '\\n')\n"
+        stub.write_text(f"#!{sys.executable}\nimport json, sys\n{record}")
+        stub.chmod(0o755)
+    (venv / ".mini_qwen_requirements").write_text((ROOT / "requirements.txt").read_text())  # installed already
+
+    def run(*args, **env):
+        calls.unlink(missing_ok=True)
+        out = sh("run.sh", *args, env={**ENV, "VENV": str(venv), "LOG_DIR": str(tmp_path / "logs"), **env})
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        return out.stdout, [json.loads(line) for line in lines]
+
+    return run
+
+
+def test_help_documents_every_mode_and_refuses_unknown_ones():
     out = sh("run.sh", "-h").stdout
-    for mode in ("demo", "test", "pt", "sft", "dpo", "eval", "setup", "NUM_GPUS", "BACKGROUND", "ACCELERATE_CONFIG"):
-        assert mode in out
+    for word in ("demo", "test", "pt", "sft", "dpo", "eval", "setup", "NUM_GPUS", "BACKGROUND", "ACCELERATE_CONFIG"):
+        assert word in out
     bad = sh("run.sh", "train", check=False)
     assert bad.returncode == 2 and "unknown mode" in bad.stderr
 
 
-def test_run_sh_pt_foreground_then_dpo_in_background(tmp_path, small_tokenizer_dir):
-    pt = ["--data_dir", "mini_data/pt", "--tokenizer_name_or_path", str(small_tokenizer_dir), *TINY_SHAPE,
-          "--vocab_size", "1024", "--block_size", "64", "--max_steps", "3", "--output_dir", str(tmp_path / "pt"),
-          "--cache_dir", str(tmp_path / "cache"), "--report_to", "none"]  # fmt: skip
-    sh("run.sh", "pt", *pt, env={**ENV, "CONFIG": "configs/pt_demo.yaml"})
-    assert (tmp_path / "pt" / "model.safetensors").is_file()
-
-    log = ROOT / "logs" / "sft.log"
-    log.unlink(missing_ok=True)
-    sft = ["--model_name_or_path", str(tmp_path / "pt"), "--output_dir", str(tmp_path / "sft"), "--max_steps", "2",
-           "--max_length", "128", "--cache_dir", str(tmp_path / "cache_sft"), "--report_to", "none"]  # fmt: skip
-    started = sh("run.sh", "sft", *sft, env={**ENV, "CONFIG": "configs/sft_demo.yaml", "BACKGROUND": "1"})
-    assert "tail -f logs/sft.log" in started.stdout
-    deadline = time.time() + 300
-    while time.time() < deadline and not (tmp_path / "sft" / "model.safetensors").is_file():
-        time.sleep(2)
-    time.sleep(2)
-    assert (tmp_path / "sft" / "model.safetensors").is_file(), log.read_text()[-3000:]
-    assert "Saved the final model" in log.read_text()
-
-    # dpo through the multi-process path of run.sh: accelerate launch, DeepSpeed ZeRO-2 on 2 CPU processes.
-    dpo = ["--model_name_or_path", str(tmp_path / "sft"), "--output_dir", str(tmp_path / "dpo"), "--max_steps", "2",
-           "--max_length", "128", "--max_prompt_length", "48", "--holdout", "2", "--report_to", "none"]  # fmt: skip
-    env = {**ENV, "CONFIG": "configs/dpo_demo.yaml", "NUM_GPUS": "2", "MAIN_PROCESS_PORT": str(free_port()),
-           "ACCELERATE_CONFIG": "configs/accelerate/cpu_zero2.yaml"}  # fmt: skip
-    sh("run.sh", "dpo", *dpo, env=env)
-    assert (tmp_path / "dpo" / "model.safetensors").is_file()
-    assert json.loads((tmp_path / "dpo" / "run_info.json").read_text())["global_batch_size"] == 4 * 2
-
-    out = tmp_path / "eval"
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("你好\n", encoding="utf-8")
-    sh("run.sh", "eval", "--model_name_or_path", str(tmp_path / "sft"), "--prompts", str(prompts),
-       "--output_dir", str(out), "--max_new_tokens", "4")  # fmt: skip
-    assert (out / "generations.jsonl").read_text(encoding="utf-8").count("\n") == 1
+def test_setup_then_each_mode_runs_its_own_command(stub_venv):
+    _, calls = stub_venv("setup")
+    assert calls == [["python", "-c", "import torch"], ["python", "-m", "utils.tokenizer", "--output_dir",
+                                                        "models/Qwen2.5-0.5B-Instruct"]]  # fmt: skip
+    expected = {
+        ("pt", "--learning_rate", "3e-4"): ["mini_qwen_pt.py", "--config", "configs/pt_full.yaml",
+                                            "--learning_rate", "3e-4"],
+        ("sft",): ["mini_qwen_sft.py", "--config", "configs/sft_full.yaml"],
+        ("dpo",): ["mini_qwen_dpo.py", "--config", "configs/dpo_full.yaml"],
+        ("eval", "--model_name_or_path", "results/dpo"): ["mini_qwen_eval.py", "--model_name_or_path", "results/dpo"],
+        ("demo", "--max_steps", "2"): ["-m", "demo.run_all", "--max_steps", "2"],
+        ("test", "-k", "x"): ["-m", "pytest", "-q", "--durations=10", "tests", "-k", "x"],
+    }  # fmt: skip
+    for args, command in expected.items():
+        _, calls = stub_venv(*args)
+        assert calls[-1] == ["python", *command], args
+    _, calls = stub_venv("pt", CONFIG="configs/pt_24gb.yaml")
+    assert calls[-1] == ["python", "mini_qwen_pt.py", "--config", "configs/pt_24gb.yaml"]
 
 
-def test_run_sh_setup_and_demo(tmp_path):
-    sh("run.sh", "setup")
-    out = sh("run.sh", "demo", "--max_steps", "2", "--logging_steps", "1", "--prompts", "1",
-             "--output_root", str(tmp_path / "demo")).stdout  # fmt: skip
-    assert "PT loss: first" in out and "Demo finished in" in out
-    assert (tmp_path / "demo" / "eval" / "report.md").is_file()
+def test_many_gpus_and_machines_launch_through_accelerate(stub_venv):
+    _, calls = stub_venv("sft", NUM_GPUS="6")
+    assert calls[-1] == ["accelerate", "launch", "--config_file", "accelerate_config.yaml", "--num_processes", "6",
+                         "--num_machines", "1", "--machine_rank", "0", "--main_process_port", "29500",
+                         "mini_qwen_sft.py", "--config", "configs/sft_full.yaml"]  # fmt: skip
+    # The README's multi-node command, as machine 1 of 2 runs it (test_distributed runs it for real on CPU).
+    _, calls = stub_venv("pt", NUM_MACHINES="2", MACHINE_RANK="1", MAIN_PROCESS_IP="10.0.0.1", NUM_GPUS="8",
+                         ACCELERATE_CONFIG="configs/accelerate/multinode_zero2.yaml")  # fmt: skip
+    assert calls[-1][:12] == ["accelerate", "launch", "--config_file", "configs/accelerate/multinode_zero2.yaml",
+                              "--num_processes", "16", "--num_machines", "2", "--machine_rank", "1",
+                              "--main_process_ip", "10.0.0.1"]  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_background_mode_logs_to_a_file_and_says_how_to_follow_it(stub_venv, tmp_path):
+    out, _ = stub_venv("dpo", BACKGROUND="1")
+    log = tmp_path / "logs" / "dpo.log"
+    assert f"Follow it with: tail -f {log}" in out
+    calls, deadline = [], time.time() + 30
+    while time.time() < deadline and not any(c[:2] == ["python", "mini_qwen_dpo.py"] for c in calls):
+        time.sleep(0.2)
+        lines = (tmp_path / "calls.jsonl").read_text().splitlines() if (tmp_path / "calls.jsonl").exists() else []
+        calls = [json.loads(line) for line in lines]
+    assert ["python", "mini_qwen_dpo.py", "--config", "configs/dpo_full.yaml"] in calls
+
+
+# --- prepare.sh ------------------------------------------------------------------------------------------------
+
+# IndustryCorpus2 numbers its files across the whole dataset: folders start at arbitrary global ranks.
+LISTING = {
+    "film_entertainment/english/high": [f"rank_{i:05d}.parquet" for i in (731, 726, 729, 727, 760, 728)],
+    "mathematics_statistics/english/high": [f"rank_{i:05d}.parquet" for i in (1203, 1201, 1207, 1202)],
+    "news_media/english/high": [f"rank_{i:05d}.parquet" for i in (402, 401, 405, 403, 404)],
+    "news_media/chinese/high": ["rank_00017.parquet", "rank_00016.parquet"],
+    "film_entertainment/chinese/high": ["rank_00090.parquet"],
+    "mathematics_statistics/chinese/high": ["rank_00120.parquet", "rank_00121.parquet"],
+    "tourism_geography/chinese/high": [],
+    "tourism_geography/english/high": ["rank_00600.parquet"],
+}
 
 
 @pytest.fixture()
 def stub_modelscope(tmp_path):
-    """A fake `modelscope` that records its arguments and writes a 150-row parquet where data would land."""
-    log = tmp_path / "calls.txt"
-    stub = tmp_path / "modelscope"
-    stub.write_text(
-        f"""#!{sys.executable}
+    """A fake ModelScope: its Python listing API serves LISTING, its CLI records calls and writes the files it is
+    asked for (a 150-row parquet each; a folder pattern gets one file)."""
+    package = tmp_path / "stubs" / "modelscope" / "hub"
+    package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (tmp_path / "listing.json").write_text(json.dumps(LISTING))
+    (package / "api.py").write_text(
+        "import json, os\n"
+        "class HubApi:\n"
+        "    def get_dataset_files(self, repo, root_path, recursive, page_number, page_size):\n"
+        f"        names = json.load(open({str(tmp_path / 'listing.json')!r})).get(root_path, [])\n"
+        "        page = names[(page_number - 1) * page_size: page_number * page_size]\n"
+        "        return [{'Path': root_path + '/' + n, 'Type': 'blob'} for n in page]\n"
+    )
+    log, cli = tmp_path / "calls.txt", tmp_path / "modelscope"
+    cli.write_text(f"""#!{sys.executable}
 import sys, pyarrow as pa, pyarrow.parquet as pq
 from pathlib import Path
 args = sys.argv[1:]
 open({str(log)!r}, "a").write(" ".join(args) + "\\n")
-local = Path(args[args.index("--local_dir") + 1])
-include = args[args.index("--include") + 1]
-name = include.replace("*", "rank_00000.parquet") if include.endswith(("*", ".parquet")) else "config.json"
-target = local / name
-target.parent.mkdir(parents=True, exist_ok=True)
-if target.suffix == ".parquet":
+local = Path(args[args.index("--local-dir") + 1])
+repo_at = args.index("--repo-type") + 2
+names = args[repo_at:args.index("--local-dir")]
+if "--include" in args:
+    names = [args[args.index("--include") + 1].replace("*", "train-00000.parquet")]
+for name in names:
+    if "EMPTY" in name:
+        continue
+    target = local / name
+    target.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({{"text": [f"row {{i}}" for i in range(150)]}}), target)
-"""
-    )
-    stub.chmod(0o755)
-    return stub, log
+""")
+    cli.chmod(0o755)
+    env = {**ENV, "MODELSCOPE": str(cli), "PREPARE_CHECK_ONLINE": "0", "PYTHON": sys.executable,
+           "PYTHONPATH": str(tmp_path / "stubs")}  # fmt: skip
+    return env, log
 
 
-def test_prepare_downloads_skips_and_cuts_mini(tmp_path, stub_modelscope):
-    stub, log = stub_modelscope
-    env = {**ENV, "MODELSCOPE": str(stub), "PREPARE_CHECK_ONLINE": "0", "PYTHON": sys.executable}
+def downloaded(data: Path) -> dict[str, list[str]]:
+    return {str(p.relative_to(data / "pt")): sorted(f.name for f in p.glob("*.parquet"))
+            for p in sorted((data / "pt").glob("*/*/high"))}  # fmt: skip
+
+
+def test_prepare_keeps_the_first_three_sorted_files_of_the_capped_folders(tmp_path, stub_modelscope):
+    env, log = stub_modelscope
     data = tmp_path / "data"
-    args = ["prepare.sh", "--stage", "pt", "--stage", "sft", "--domains", "news_media tourism_geography",
-            "--data_dir", str(data), "--mini", "--mini_dir", str(tmp_path / "mini")]  # fmt: skip
+    domains = "film_entertainment mathematics_statistics news_media"
+    args = ["prepare.sh", "--stage", "pt", "--stage", "sft", "--data_dir", str(data), "--domains", domains,
+            "--mini", "--mini_dir", str(tmp_path / "mini")]  # fmt: skip
     sh(*args, env=env)
+    got = downloaded(data)
+    # Capped (upstream's five large English sets): the first three after sorting the listing.
+    assert got["film_entertainment/english/high"] == ["rank_00726.parquet", "rank_00727.parquet", "rank_00728.parquet"]
+    assert got["mathematics_statistics/english/high"] == ["rank_01201.parquet", "rank_01202.parquet",
+                                                          "rank_01203.parquet"]  # fmt: skip
+    # Everything else: all of it, English news_media included.
+    assert got["news_media/english/high"] == sorted(LISTING["news_media/english/high"])
+    assert got["mathematics_statistics/chinese/high"] == sorted(LISTING["mathematics_statistics/chinese/high"])
+    manifest = json.loads((data / "pt" / "film_entertainment/english/high/MANIFEST.json").read_text())
+    assert [f["name"] for f in manifest["files"]] == got["film_entertainment/english/high"]
+    assert manifest["bytes"] == sum((data / "pt/film_entertainment/english/high" / n).stat().st_size
+                                    for n in got["film_entertainment/english/high"])  # fmt: skip
     calls = log.read_text().splitlines()
-    assert len(calls) == 6  # 2 domains x 2 languages + 2 SFT subsets
-    assert any("news_media/chinese/high/*" in c for c in calls)
-    # news_media is one of the five large English sets: only its first three files.
-    english = next(c for c in calls if "news_media/english" in c)
-    assert "rank_00000.parquet" in english and "rank_00002.parquet" in english and "*" not in english
-    assert any("tourism_geography/english/high/*" in c for c in calls)
-    assert any("--dataset BAAI/Infinity-Instruct --include 7M/*" in c for c in calls)
+    assert len(calls) == 6 + 2 and any("--include 7M/*" in c for c in calls)
     minis = sorted((tmp_path / "mini").rglob("*.parquet"))
     assert minis and all(pq.read_metadata(p).num_rows == 100 for p in minis)
     again = sh(*args, env=env)
-    assert again.stdout.count("already complete, skipping") == 6 and len(log.read_text().splitlines()) == 6
+    assert again.stdout.count("already complete, skipping") + again.stderr.count("already complete, skipping") == 8
+    assert len(log.read_text().splitlines()) == 8
+
+
+def test_prepare_fails_on_an_empty_listing_or_an_empty_download(tmp_path, stub_modelscope):
+    env, _ = stub_modelscope
+    result = sh("prepare.sh", "--stage", "pt", "--data_dir", str(tmp_path / "d"), "--domains", "tourism_geography",
+                env=env, check=False)  # fmt: skip
+    assert result.returncode != 0 and "the listing of tourism_geography/chinese/high holds no parquet file" in (
+        result.stderr
+    )
+    listing = json.loads((tmp_path / "listing.json").read_text())
+    listing["tourism_geography/chinese/high"] = ["EMPTY_rank_00001.parquet"]  # the CLI will not deliver it
+    (tmp_path / "listing.json").write_text(json.dumps(listing))
+    result = sh("prepare.sh", "--stage", "pt", "--data_dir", str(tmp_path / "d"), "--domains", "tourism_geography",
+                env=env, check=False)  # fmt: skip
+    assert result.returncode != 0 and "requested file(s) missing or empty" in result.stderr
+    assert not (tmp_path / "d" / "pt" / "tourism_geography/chinese/high/.complete").exists()
 
 
 def _online() -> bool:
@@ -139,15 +215,16 @@ def _online() -> bool:
 
 @pytest.mark.skipif(_online(), reason="this machine is online; the offline message cannot be shown")
 def test_prepare_fails_fast_offline(stub_modelscope):
-    stub, log = stub_modelscope
+    env, log = stub_modelscope
     start = time.time()
-    result = sh("prepare.sh", "--stage", "dpo", env={**ENV, "MODELSCOPE": str(stub)}, check=False)
+    result = sh("prepare.sh", "--stage", "dpo", env={**env, "PREPARE_CHECK_ONLINE": "1"}, check=False)
     assert result.returncode == 1 and "cannot reach www.modelscope.cn" in result.stderr
     assert time.time() - start < 30 and not log.exists()
 
 
-def test_prepare_help():
-    assert "--domains" in sh("prepare.sh", "-h").stdout
+def test_prepare_help_names_the_subset_file():
+    out = sh("prepare.sh", "-h").stdout
+    assert "--domains" in out and "configs/data/industrycorpus2.yaml" in out
 
 
 def test_mini_data_layout_mirrors_real_schemas():

@@ -10,7 +10,8 @@ import tiktoken
 from conftest import REAL_SAMPLES, needs_real_samples
 from transformers import AutoTokenizer
 
-from utils.tokenizer import ADDED_TOKENS, QWEN_SPLIT_PATTERN, load_qwen_ranks
+from utils.bpe import QWEN_SPLIT_PATTERN, load_qwen_ranks
+from utils.tokenizer import ADDED_TOKENS
 
 TEXTS = [
     "Hello world 12345",
@@ -115,7 +116,7 @@ def test_chat_template_format(qwen_tokenizer_dir):
 
 
 def test_fast_encoder_matches_tokenizer_on_real_text(qwen_tokenizer):
-    from utils.packing import make_fast_encoder
+    from utils.bpe import make_fast_encoder
 
     engine, encode = make_fast_encoder(qwen_tokenizer)
     assert engine == "tiktoken"
@@ -126,8 +127,8 @@ def test_fast_encoder_matches_tokenizer_on_real_text(qwen_tokenizer):
 def test_missing_rank_file_message(monkeypatch):
     import importlib.util
 
-    from utils import tokenizer as tok
+    from utils import bpe
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps dashscope"):
-        tok.find_qwen_tiktoken_file()
+        bpe.find_qwen_tiktoken_file()

@@ -1,29 +1,23 @@
-"""Argument parsing shared by every stage: dataclasses from a YAML recipe and/or CLI flags.
+"""Argument parsing shared by every entry point: dataclasses from a YAML recipe and/or CLI flags.
 
 ``python mini_qwen_pt.py --config configs/pt_full.yaml --learning_rate 3e-4``: the YAML gives defaults,
 flags given on the command line win. A YAML key that no dataclass knows is an error, not a silent no-op.
+
+The values are parsed first and the dataclasses built second: in between, a stage's argument class may
+*settle* them (``settle(namespace)``: decide every ``auto`` from the hardware, validate), so that what the
+built ``TrainingArguments`` derive in ``__post_init__``, and hand to Accelerate, is the final choice.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import platform
-import subprocess
 import sys
-from dataclasses import fields, is_dataclass
-from importlib import metadata
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from transformers import HfArgumentParser
-
-logger = logging.getLogger(__name__)
-
-RUN_INFO_FILE = "run_info.json"
 
 
 def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -48,109 +42,78 @@ def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     return config, rest
 
 
-def parse_args(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple[Any, ...]:
-    """Parse ``dataclass_types`` from an optional YAML recipe plus CLI flags (CLI wins)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(dataclass_types)
-    config, rest = _split_config_flag(argv)
-    if config:
-        path = Path(config)
-        if not path.is_file():
-            raise SystemExit(f"Recipe not found: {config}")
-        recipe = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(recipe, dict):
-            raise SystemExit(f"{config}: a recipe must be a mapping of argument names to values")
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(recipe) - known)
-        if unknown:
-            raise SystemExit(f"{config}: unknown argument(s) {', '.join(unknown)}")
-        # Feeding the recipe through the same parser as flags keeps type conversion and choices checks.
-        rest = _recipe_to_flags(recipe) + rest
-    if any("bf16" in {f.name for f in fields(t)} for t in dataclass_types):
-        # TRL's configs default to bf16=True, which fails on a CPU before any of our code runs.
-        # Precision is chosen from the hardware by the stages' ``precision`` argument instead;
-        # a recipe or flag that sets bf16/fp16 explicitly still wins (argparse keeps the last value).
-        rest = ["--bf16", "False"] + rest
-    if _cpu_multiprocess() and any("ddp_backend" in {f.name for f in fields(t)} for t in dataclass_types):
-        # A CPU-only multi-process launch (DeepSpeed on CPU, as CI runs it) needs gloo named before the
-        # training arguments are built: otherwise accelerate finds no backend, every process believes
-        # it is alone, and DeepSpeed's batch-size check fails.
-        rest = ["--ddp_backend", "gloo"] + rest
-    *parsed, unknown = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
-    if unknown:
-        raise SystemExit(f"unknown argument(s): {' '.join(unknown)}  (see --help)")
-    return tuple(parsed)
+def read_recipe(path: str) -> dict[str, Any]:
+    """A YAML recipe as a mapping; a missing file or a syntax error names the file (and line)."""
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"Recipe not found: {path}")
+    try:
+        with file.open(encoding="utf-8") as stream:  # a stream, so YAML's errors name the file
+            recipe = yaml.safe_load(stream) or {}
+    except yaml.YAMLError as err:
+        raise SystemExit(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(recipe, dict):
+        raise SystemExit(f"{path}: a recipe must be a mapping of argument names to values")
+    return recipe
 
 
-def _cpu_multiprocess() -> bool:
-    return int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
+def _choices(parser: HfArgumentParser) -> dict[str, list[str]]:
+    # argparse has no public accessor for its actions; the parser is ours and only read here.
+    return {action.dest: [str(c) for c in action.choices] for action in parser._actions if action.choices}
 
 
-def _recipe_to_flags(recipe: dict[str, Any]) -> list[str]:
+def _recipe_to_flags(recipe: dict[str, Any], choices: dict[str, list[str]]) -> list[str]:
     flags: list[str] = []
     for key, value in recipe.items():
         if value is None:
             continue
-        if isinstance(value, list):
+        if isinstance(value, bool):
+            # YAML 1.1 reads an unquoted `no` as false: `save_strategy: no` means the choice "no".
+            word = str(value).lower()
+            if key in choices and word not in choices[key] and not value and "no" in choices[key]:
+                word = "no"
+            flags += [f"--{key}", word]
+        elif isinstance(value, list):
             flags += [f"--{key}", *map(str, value)]
         elif isinstance(value, dict):
             flags += [f"--{key}", json.dumps(value)]
-        elif isinstance(value, bool):  # YAML true/false, as a flag would spell them (also for str choices)
-            flags += [f"--{key}", str(value).lower()]
         else:
             flags += [f"--{key}", str(value)]
     return flags
 
 
-def _package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "trl", "accelerate", "datasets", "deepspeed", "tokenizers", "tiktoken"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def _git_commit() -> str:
+def parse_args(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple[Any, ...]:
+    """Parse ``dataclass_types`` from an optional YAML recipe plus CLI flags (CLI wins), settle, build."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(dataclass_types)
+    config, rest = _split_config_flag(argv)
+    known = {f.name for t in dataclass_types for f in fields(t) if f.init}
+    if config:
+        recipe = read_recipe(config)
+        unknown = sorted(set(recipe) - known)
+        if unknown:
+            raise SystemExit(f"{config}: unknown argument(s) {', '.join(unknown)}")
+        rest = _recipe_to_flags(recipe, _choices(parser)) + rest
+    if "bf16" in known:
+        # TRL's configs default to bf16=True, which is not a choice the user made: precision is decided by
+        # the stage's `precision` argument, and an explicit bf16/fp16 from the recipe or a flag still shows.
+        rest = ["--bf16", "false", *rest]
+    namespace, unknown_flags = parser.parse_known_args(rest)
+    if unknown_flags:
+        raise SystemExit(f"unknown argument(s): {' '.join(unknown_flags)}  (see --help)")
+    settlers = [t for t in dataclass_types if hasattr(t, "settle")]
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def as_jsonable(value: Any) -> Any:
-    """Dataclasses, dicts and lists as plain JSON values (anything else as its string)."""
-    if is_dataclass(value):
-        return {f.name: as_jsonable(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, dict):
-        return {str(k): as_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [as_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def write_run_info(
-    output_dir: str | Path, stage: str, *arg_objects: Any, data_summary: dict | None = None, **facts: Any
-) -> Path:
-    """Write the stage, resolved arguments, package versions, git commit, data summary and ``facts``
-    (e.g. the global batch size) next to the run."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    info = {
-        "stage": stage,
-        "argv": sys.argv,
-        "arguments": {type(obj).__name__: as_jsonable(obj) for obj in arg_objects},
-        "versions": _package_versions(),
-        "git_commit": _git_commit(),
-        "data": data_summary or {},
-        **facts,
-    }
-    path = out / RUN_INFO_FILE
-    path.write_text(json.dumps(info, indent=2, ensure_ascii=False))
-    return path
+        notes = settlers[0].settle(namespace) if settlers else []
+    except ValueError as err:
+        raise SystemExit(f"{config + ': ' if config else ''}{err}") from err
+    built = []
+    for dtype in dataclass_types:
+        inputs = {f.name: getattr(namespace, f.name) for f in fields(dtype) if f.init}
+        try:
+            obj = dtype(**inputs)
+        except ValueError as err:
+            raise SystemExit(f"{config + ': ' if config else ''}{err}") from err
+        if hasattr(obj, "settled_notes"):
+            obj.settled_notes = notes
+        built.append(obj)
+    return tuple(built)

@@ -1,7 +1,9 @@
 """Chat data: converting dataset rows to messages, and messages to token ids and labels.
 
 Every chat format comes from the tokenizer's chat template (``utils.tokenizer.CHAT_TEMPLATE``, saved
-with every checkpoint), so training, evaluation and ``apply_chat_template`` never disagree.
+with every checkpoint), so training, evaluation and ``apply_chat_template`` never disagree. One exception is
+deliberate: text inside a message that spells a special token (``"What does <|im_end|> mean?"``) is encoded
+as the text it is, never as the control token, so data cannot forge turn boundaries (``encode_messages``).
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from utils.packing import IGNORE_INDEX
+from utils.collate import IGNORE_INDEX
 
 # Infinity-Instruct speaker names -> chat roles.
 ROLE_MAP = {"human": "user", "gpt": "assistant", "system": "system"}
+# Stands for one message's content while the template is rendered: private-use characters, never special and
+# never merged with the template's own text by the pre-tokenizer.
+PLACEHOLDER = "\ue000{}\ue001"
 
 
 class SkipRow(ValueError):
@@ -23,8 +28,9 @@ class SkipRow(ValueError):
 def conversation_to_messages(conversation, default_system_prompt: str | None = None) -> list[dict]:
     """Infinity-Instruct ``[{from, value}, ...]`` -> ``[{role, content}, ...]``, or raise ``SkipRow``.
 
-    Skipped: an empty conversation, an unknown speaker, a non-text value, a system turn that is not
-    first, or a conversation that does not end with the assistant (nothing to learn at its end).
+    Skipped: an empty conversation, an unknown speaker, a non-text value, an empty user or assistant turn (it
+    would teach the model to answer nothing), a system turn that is not first, or a conversation that does not
+    end with the assistant (nothing to learn at its end). An empty system turn is dropped.
     """
     if not conversation:
         raise SkipRow("empty conversation")
@@ -37,12 +43,53 @@ def conversation_to_messages(conversation, default_system_prompt: str | None = N
             raise SkipRow("missing text")
         if role == "system" and messages:
             raise SkipRow("system turn not first")
+        if not turn["value"].strip():
+            if role == "system":
+                continue
+            raise SkipRow(f"empty {role} turn")
         messages.append({"role": role, "content": turn["value"]})
-    if messages[-1]["role"] != "assistant":
+    if not messages or messages[-1]["role"] != "assistant":
         raise SkipRow("does not end with an assistant turn")
     if default_system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": default_system_prompt})
     return messages
+
+
+def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Strings the tokenizer would turn into special (control) tokens."""
+    return [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+
+
+def encode_messages(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool = False
+) -> tuple[list[int], list[int]]:
+    """Token ids of ``messages`` through the chat template, and the assistant mask (1 = inside a
+    ``{% generation %}`` block: an assistant reply and its end-of-turn token).
+
+    Contents are tokenized as plain text: when one spells a special token, the template is rendered around
+    placeholders and each content is tokenized on its own with ``split_special_tokens``, as pretraining
+    text is. Otherwise the ids are exactly ``apply_chat_template``'s.
+    """
+    specials = special_texts(tokenizer)
+    plain = not any(s in m["content"] for m in messages for s in specials)
+    marks = [PLACEHOLDER.format(i) for i in range(len(messages))]
+    rendered = messages if plain else [{**m, "content": mark} for m, mark in zip(messages, marks)]
+    out = tokenizer.apply_chat_template(rendered, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                                        add_generation_prompt=add_generation_prompt)  # fmt: skip
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    if plain:
+        return ids, mask
+    result_ids, result_mask, pos = [], [], 0
+    for mark, message in zip(marks, messages):
+        mark_ids = tokenizer(mark, add_special_tokens=False)["input_ids"]
+        at = next((i for i in range(pos, len(ids)) if ids[i : i + len(mark_ids)] == mark_ids), None)
+        if at is None:
+            raise ValueError("the chat template does not render message contents verbatim")
+        text_ids = tokenizer(message["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        result_ids += ids[pos:at] + text_ids
+        result_mask += mask[pos:at] + [mask[at]] * len(text_ids)
+        pos = at + len(mark_ids)
+    return result_ids + ids[pos:], result_mask + mask[pos:]
 
 
 @dataclass
@@ -53,10 +100,7 @@ class EncodedChat:
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> tuple[list[int], list[int]]:
-    out = tokenizer.apply_chat_template(
-        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, add_generation_prompt=False
-    )
-    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    ids, mask = encode_messages(tokenizer, messages)
     return ids, [tok if bit else IGNORE_INDEX for tok, bit in zip(ids, mask)]
 
 
@@ -82,80 +126,24 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_le
     return EncodedChat(ids, labels, truncated)
 
 
-def _reply(messages, which: str) -> tuple[str, str]:
-    """(user text, assistant reply) of an Infinity-Preference ``[user, assistant]`` list."""
-    if not isinstance(messages, list) or len(messages) != 2:
-        raise SkipRow(f"{which} is not a [user, assistant] pair")
-    user, assistant = messages
-    if (user or {}).get("role") != "user" or (assistant or {}).get("role") != "assistant":
-        raise SkipRow("roles out of order")
-    if not isinstance(user.get("content"), str) or not isinstance(assistant.get("content"), str):
-        raise SkipRow("missing text")
-    if not assistant["content"].strip():
-        raise SkipRow("empty reply")
-    return user["content"], assistant["content"]
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> list[int]:
+    """Token ids of ``messages`` followed by the assistant generation prompt."""
+    return encode_messages(tokenizer, messages, add_generation_prompt=True)[0]
+
+
+def completion_ids(tokenizer: PreTrainedTokenizerBase, prompt: list[dict], reply: list[dict]) -> list[int]:
+    """Ids of ``reply`` after ``prompt`` as one conversation renders them (ends with <|im_end|>)."""
+    head = prompt_ids(tokenizer, prompt)
+    full = encode_messages(tokenizer, prompt + reply)[0]
+    if full[: len(head)] != head:
+        raise ValueError("the chat template does not render the prompt as a prefix of prompt + reply")
+    return full[len(head) :]
 
 
 def keep_last_tokens(tokenizer: PreTrainedTokenizerBase, text: str, budget: int) -> tuple[str, bool]:
     """The end of ``text`` that fits in ``budget`` tokens (cut on a token boundary), and whether it was cut."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
     if len(enc["input_ids"]) <= budget:
         return text, False
     start = enc["offset_mapping"][len(enc["input_ids"]) - budget][0] if budget > 0 else len(text)
     return text[start:], True
-
-
-@dataclass
-class PreferencePair:
-    prompt: list[dict]
-    chosen: list[dict]
-    rejected: list[dict]
-    prompt_cut: bool
-
-    def as_row(self) -> dict:
-        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
-
-
-def preference_pair(
-    row: dict, tokenizer: PreTrainedTokenizerBase, max_prompt_length: int | None = None
-) -> PreferencePair:
-    """An Infinity-Preference row -> TRL's conversational preference format, or raise ``SkipRow``.
-
-    The prompt becomes ``[user]`` (rendered by the chat template with the generation prompt); chosen
-    and rejected become ``[assistant]`` replies (the template closes each with ``<|im_end|>``). A prompt
-    over ``max_prompt_length`` tokens keeps its end, where the question usually is.
-    """
-    user_c, chosen = _reply(row.get("chosen"), "chosen")
-    user_r, rejected = _reply(row.get("rejected"), "rejected")
-    if user_c != user_r:
-        raise SkipRow("chosen and rejected answer different prompts")
-    if chosen.strip() == rejected.strip():
-        raise SkipRow("chosen equals rejected")
-    if not user_c.strip():
-        raise SkipRow("empty prompt")
-    prompt_cut = False
-    if max_prompt_length:
-        # Template overhead: "<|im_start|>user\n" ... "<|im_end|>\n<|im_start|>assistant\n".
-        overhead = len(prompt_ids(tokenizer, [{"role": "user", "content": ""}]))
-        user_c, prompt_cut = keep_last_tokens(tokenizer, user_c, max_prompt_length - overhead)
-    return PreferencePair(
-        prompt=[{"role": "user", "content": user_c}],
-        chosen=[{"role": "assistant", "content": chosen}],
-        rejected=[{"role": "assistant", "content": rejected}],
-        prompt_cut=prompt_cut,
-    )
-
-
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> list[int]:
-    """Token ids of ``messages`` followed by the assistant generation prompt."""
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
-    return list(out["input_ids"])
-
-
-def pair_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: list[dict], reply: list[dict]) -> list[int]:
-    """Completion ids of ``reply`` after ``prompt``, as TRL's DPOTrainer cuts them (ends with <|im_end|>)."""
-    head = prompt_ids(tokenizer, prompt)
-    full = tokenizer.apply_chat_template(prompt + reply, tokenize=True, return_dict=True)["input_ids"]
-    if list(full[: len(head)]) != head:
-        raise ValueError("the chat template does not render the prompt as a prefix of prompt + reply")
-    return list(full[len(head) :])

@@ -1,35 +1,43 @@
-"""Fault tolerance: complete-or-ignored checkpoints, resume from the newest good one, time-based saves,
-graceful SIGTERM/SIGINT, and start-up guard rails (disk space, someone else's output dir).
+"""Checkpoints a run can trust: completion markers with file sizes, resume from the newest intact one,
+pickles checked before anything unpickles them, and guards around the output folder.
 
-A checkpoint counts only once ``checkpoint_complete.json`` is in it, written (atomically, by rename)
-after every file of the checkpoint. A crash, a SIGKILL or a full disk during a save leaves a folder
-without the marker, which resume skips with a warning naming it, and the older complete checkpoints
-are not rotated away until the new one is complete.
+A checkpoint counts only once ``checkpoint_complete.json`` is in it, written (atomically, by rename) after
+every file of the checkpoint, and listing each file with its size. A crash, a SIGKILL or a full disk during
+a save leaves a folder without the marker; a file truncated later no longer matches its recorded size.
+Resume skips both with a warning naming the folder and file, and falls back to the previous checkpoint.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
+import pickle
 import shutil
-import signal
 import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers.trainer_pt_utils import safe_globals as numpy_safe_globals
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from utils.run_info import RUN_INFO_FILE, read_run_info, recorded_arguments
 
 logger = logging.getLogger("mini_qwen")
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-EXIT_SIGNALLED = 143  # 128 + SIGTERM: what schedulers expect from a job that stopped on request
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+# Settings that may differ between a run and its resumption without changing what is trained.
+RESUMABLE_CHANGES = {
+    "resume", "resume_from_checkpoint", "resume_with_changes", "overwrite_output_dir", "logging_dir", "logging_steps",
+    "save_every_minutes", "save_steps", "save_strategy", "keep_checkpoints", "save_total_limit", "report_to",
+    "dataloader_num_workers", "num_proc", "dataset_num_proc", "disable_tqdm", "run_name", "output_dir", "cache_dir",
+    "settled_notes",
+}  # fmt: skip
 
 
-def _step(path: Path) -> int:
+def step_of(path: Path) -> int:
     try:
         return int(path.name.rsplit("-", 1)[-1])
     except ValueError:
@@ -41,17 +49,38 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and _step(p) >= 0]
-    return sorted(found, key=_step, reverse=True)
+    found = [p for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and step_of(p) >= 0]
+    return sorted(found, key=step_of, reverse=True)
+
+
+def file_sizes(path: Path) -> dict[str, int]:
+    return {f.relative_to(path).as_posix(): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def mark_complete(path: Path, step: int) -> None:
+    """Write the marker last, listing every file of the checkpoint and its size."""
+    files = {name: size for name, size in file_sizes(path).items() if name != COMPLETE_MARKER}
+    tmp = path / (COMPLETE_MARKER + ".tmp")
+    tmp.write_text(json.dumps({"step": step, "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"), "files": files}))
+    os.replace(tmp, path / COMPLETE_MARKER)
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be resumed from, or None if it is complete."""
-    if not (path / COMPLETE_MARKER).is_file():
-        return "incomplete (no completion marker: the save was interrupted)"
-    state = path / "trainer_state.json"
+    """Why ``path`` cannot be resumed from, or None if it is complete and intact."""
     try:
-        json.loads(state.read_text())
+        marker = json.loads((path / COMPLETE_MARKER).read_text())
+    except FileNotFoundError:
+        return "incomplete (no completion marker: the save was interrupted)"
+    except (OSError, ValueError) as err:
+        return f"unreadable completion marker ({err})"
+    for name, size in (marker.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, {size} were written (truncated or replaced)"
+    try:
+        json.loads((path / "trainer_state.json").read_text())
     except (OSError, ValueError) as err:
         return f"unreadable trainer_state.json ({err})"
     if not any((path / name).is_file() for name in WEIGHT_FILES):
@@ -60,7 +89,7 @@ def checkpoint_problem(path: Path) -> str | None:
 
 
 def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint; every newer unusable one is skipped with a warning naming it."""
+    """The newest complete, intact checkpoint; every newer unusable one is skipped with a warning naming it."""
     for path in checkpoints(output_dir):
         problem = checkpoint_problem(path)
         if problem is None:
@@ -69,10 +98,88 @@ def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
     return None
 
 
-def mark_complete(path: Path, step: int) -> None:
-    tmp = path / (COMPLETE_MARKER + ".tmp")
-    tmp.write_text(json.dumps({"step": step, "saved_at": time.strftime("%Y-%m-%d %H:%M:%S")}))
-    os.replace(tmp, path / COMPLETE_MARKER)
+def safe_pickle_globals() -> list:
+    """Non-tensor types that DeepSpeed's own checkpoint files legitimately hold."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def check_pickles(path: Path) -> None:
+    """Refuse a checkpoint whose pickled files hold anything but tensors and known types.
+
+    The Trainer loads its own files with ``weights_only=True``, but DeepSpeed's checkpoint engine unpickles
+    with ``weights_only=False``, so an object placed in someone else's ZeRO checkpoint would run its code on
+    every rank. Each file is opened here with ``weights_only=True`` first (memory-mapped: tensors are not read).
+    """
+    files = [f for f in sorted(path.rglob("*")) if f.suffix in PICKLE_SUFFIXES and f.name != "training_args.bin"]
+    allowed = safe_pickle_globals() if any(f.parent != path for f in files) else []
+    for file in files:
+        try:
+            # numpy's RNG state (the Trainer's rng_state.pth), as the Trainer itself allows when it loads it
+            with numpy_safe_globals(), torch.serialization.safe_globals(allowed):
+                torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
+            why = f"{type(err).__name__}: {str(err)[:300]}"
+            raise RuntimeError(f"Refusing to resume from {path}: {file} holds more than tensors and known types, "
+                               f"so loading it could run code ({why})") from err  # fmt: skip
+
+
+def changed_settings(checkpoint: Path, output_dir: str | Path, arguments: dict) -> list[str]:
+    """Settings of this run that differ from the run that wrote ``checkpoint`` (``name: old -> new``)."""
+    info = read_run_info(checkpoint) or read_run_info(output_dir)
+    if info is None:
+        return []
+    old = recorded_arguments(info)
+    keys = sorted(k for k in arguments if k in old and k not in RESUMABLE_CHANGES and old[k] != arguments[k])
+    return [f"{k}: {old[k]!r} -> {arguments[k]!r}" for k in keys]
+
+
+def holds_a_run(output_dir: str | Path) -> bool:
+    """A folder with a complete checkpoint or a final model holds work to protect; a bare run_info.json left by
+    a run that failed before training does not."""
+    folder = Path(output_dir)
+    has_final = any((folder / name).is_file() for name in WEIGHT_FILES)
+    return has_final or any(checkpoint_problem(p) is None for p in checkpoints(folder))
+
+
+def check_output_dir(output_dir: str | Path, stage: str, arguments: dict, resuming: bool) -> None:
+    """Refuse to train into a folder that holds a different run, unless resuming or told to overwrite."""
+    if resuming or not holds_a_run(output_dir):
+        return
+    previous = read_run_info(output_dir) or {}
+    old = recorded_arguments(previous)
+    changed = sorted(k for k in arguments if k in old and k not in RESUMABLE_CHANGES and old[k] != arguments[k])
+    if previous.get("stage") != stage or changed:
+        what = f"a {previous.get('stage', 'different')} run" + (
+            f" with other {', '.join(changed[:5])}" if changed else ""
+        )
+        raise SystemExit(f"{output_dir} already holds {what}. Resume it with --resume auto, replace it with "
+                         f"--overwrite_output_dir true, or pick another --output_dir.")  # fmt: skip
+
+
+RUN_FILES = ("trainer_state.json", "training_args.bin", "training_curves.png", RUN_INFO_FILE, *WEIGHT_FILES)
+
+
+def clear_previous_run(output_dir: str | Path) -> None:
+    """--overwrite_output_dir: delete the previous run's checkpoints and final files (nothing else), so that
+    rotation and --resume auto can never mistake them for this run's."""
+    folder = Path(output_dir)
+    doomed = checkpoints(folder) + [folder / name for name in RUN_FILES if (folder / name).exists()]
+    for path in doomed:
+        logger.warning("overwrite_output_dir: deleting %s of the previous run", path)
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def remove_incomplete(output_dir: str | Path) -> None:
+    """Drop checkpoint folders without a completion marker before training: resume never uses them, and a new
+    save into the same folder would otherwise keep their stray files."""
+    for path in checkpoints(output_dir):
+        if not (path / COMPLETE_MARKER).is_file():
+            logger.warning("Deleting incomplete checkpoint %s (its save was interrupted)", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def rotate(output_dir: str | Path, limit: int | None, keep: set[Path] = frozenset()) -> None:
@@ -83,115 +190,12 @@ def rotate(output_dir: str | Path, limit: int | None, keep: set[Path] = frozense
     complete = [p for p in checkpoints(output_dir) if checkpoint_problem(p) is None]
     if not complete:
         return
-    newest = _step(complete[0])
+    newest = step_of(complete[0])
     doomed = [p for p in complete[limit:] if p not in keep]
-    doomed += [p for p in checkpoints(output_dir) if checkpoint_problem(p) and _step(p) < newest]
+    doomed += [p for p in checkpoints(output_dir) if checkpoint_problem(p) and step_of(p) < newest]
     for path in doomed:
-        logger.info("Deleting old checkpoint %s (save_total_limit=%d)", path, limit)
+        logger.info("Deleting old checkpoint %s (keep_checkpoints=%d)", path, limit)
         shutil.rmtree(path, ignore_errors=True)
-
-
-class FaultTolerantMixin:
-    """Trainer mixin: marks checkpoints complete, rotates only complete ones, names a full disk."""
-
-    def _save_checkpoint(self, model, trial):
-        path = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotation waits for the marker
-        try:
-            super()._save_checkpoint(model, trial)
-        except OSError as err:
-            if err.errno == errno.ENOSPC:
-                previous = find_resume_checkpoint(path.parent)
-                raise RuntimeError(
-                    f"Disk full while saving {path}: {err}. The previous checkpoint "
-                    f"{previous or '(none)'} is intact. Free space, then resume with --resume auto."
-                ) from err
-            raise
-        finally:
-            self.args.save_total_limit = limit
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            mark_complete(path, self.state.global_step)
-            best = {Path(self.state.best_model_checkpoint)} if self.state.best_model_checkpoint else set()
-            rotate(path.parent, limit, keep=best)
-
-
-def fault_tolerant(trainer_cls: type) -> type:
-    """``fault_tolerant(SFTTrainer)`` -> the same trainer with the mixin above."""
-    return type(f"FaultTolerant{trainer_cls.__name__}", (FaultTolerantMixin, trainer_cls), {})
-
-
-class TimedCheckpointCallback(TrainerCallback):
-    """Save every ``minutes`` of training as well as by steps, so a crash loses at most that much."""
-
-    def __init__(self, minutes: float) -> None:
-        self.seconds = minutes * 60
-        self.last = time.monotonic()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self.last >= self.seconds:
-            control.should_save = True
-        return control
-
-    def on_save(self, args, state, control, **kwargs):
-        self.last = time.monotonic()
-
-
-class GracefulStopCallback(TrainerCallback):
-    """First SIGTERM/SIGINT: finish the optimizer step, save a checkpoint, stop. Second: exit at once."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self.stopped_at: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal is not None:
-            os._exit(128 + signum)
-        self.signal = signum
-        logger.warning(
-            "Received %s: finishing this step, saving a checkpoint, then exiting (again to exit now)",
-            signal.Signals(signum).name,
-        )
-
-    def on_step_end(self, args, state, control, **kwargs):
-        stop = torch.tensor([float(self.signal is not None)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Every process must stop at the same step, or the others wait forever in the next collective.
-            stop = stop.to(args.device)
-            torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
-        if stop.item() > 0:
-            self.signal = self.signal or signal.SIGTERM
-            self.stopped_at = state.global_step
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-    def restore(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
-
-
-def check_output_dir(output_dir: str | Path, stage: str, arguments: dict, resuming: bool, overwrite: bool) -> None:
-    """Refuse to train into a folder that holds a different run, unless resuming or told to overwrite."""
-    info_file = Path(output_dir) / "run_info.json"
-    if resuming or overwrite or not info_file.is_file():
-        return
-    try:
-        previous = json.loads(info_file.read_text())
-    except (OSError, ValueError):
-        return
-    ignored = {"resume", "resume_from_checkpoint", "overwrite_output_dir", "logging_dir"}
-    old = {k: v for group in previous.get("arguments", {}).values() for k, v in group.items() if k not in ignored}
-    new = {k: v for k, v in arguments.items() if k not in ignored}
-    changed = sorted(k for k in new if k in old and old[k] != new[k])
-    if previous.get("stage") != stage or changed:
-        what = f"a {previous.get('stage')} run" + (f" with other {', '.join(changed[:5])}" if changed else "")
-        raise SystemExit(
-            f"{output_dir} already holds {what}. Resume it with --resume auto, replace it with "
-            f"--overwrite_output_dir true, or pick another --output_dir."
-        )
 
 
 def check_disk_space(output_dir: str | Path, n_params: int, save_only_model: bool) -> None:
@@ -201,9 +205,5 @@ def check_disk_space(output_dir: str | Path, n_params: int, save_only_model: boo
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < 2 * per_checkpoint:
-        logger.warning(
-            "Only %.1f GB free in %s; a checkpoint needs about %.1f GB and two must fit during a save",
-            free / 1e9,
-            folder,
-            per_checkpoint / 1e9,
-        )
+        logger.warning("Only %.1f GB free in %s; a checkpoint needs about %.1f GB and two must fit during a save",
+                       free / 1e9, folder, per_checkpoint / 1e9)  # fmt: skip

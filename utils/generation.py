@@ -10,10 +10,14 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
-from utils.args import RUN_INFO_FILE
 from utils.chat import prompt_ids
+from utils.run_info import RUN_INFO_FILE
 
-SAMPLING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
+# The sampling defaults every saved checkpoint carries (Qwen2.5's own settings): sampling rather than greedy,
+# which loops on small models, and a mild repetition penalty. Greedy stays one flag away (--do_sample false).
+# No length limit here: it would override a caller's max_length; mini_qwen_eval.py has its own.
+SAMPLING_DEFAULTS = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
+SAMPLING_KEYS = (*SAMPLING_DEFAULTS, "max_new_tokens")
 # What the training stages answer at the end of a run, so the log shows what the model became.
 SAMPLE_PROMPTS = {"chat": ["李白是谁？", "who are you?"], "raw": ["李白是", "The history of"]}
 
@@ -37,6 +41,14 @@ class CollectingStreamer(TextStreamer):
         self.text += text
         if self.echo:
             print(text, flush=True, end="" if not stream_end else None)
+
+
+def default_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    """``SAMPLING_DEFAULTS``, stopping at <|im_end|> (end of a chat turn) or <|endoftext|> (end of a document)."""
+    eos = [tokenizer.eos_token_id]
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in eos:
+        eos.append(tokenizer.pad_token_id)
+    return GenerationConfig(**SAMPLING_DEFAULTS, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
 
 
 def is_chat_checkpoint(path: str) -> bool:

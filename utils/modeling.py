@@ -1,4 +1,4 @@
-"""One place that builds models: the Qwen2.5 base config plus shape overrides, and the hardware choice.
+"""One place that builds and loads models: the Qwen2.5 base config plus shape overrides.
 
 The base is ``models/Qwen2.5-0.5B-Instruct/config.json`` (kept as data). The widened 1B model of the
 full recipe and the tiny demo/test shapes are overrides on it. Overrides go into the constructor:
@@ -9,7 +9,6 @@ full recipe and the tiny demo/test shapes are overrides on it. Overrides go into
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -77,6 +76,13 @@ def validate_shape(values: dict) -> None:
         raise ValueError(f"head dim hidden_size/num_attention_heads={hidden // heads} must be even for RoPE")
 
 
+def check_block_size(shape: ModelShapeArguments, block_size: int) -> None:
+    """A training sequence longer than the RoPE table would run, but on positions the model cannot represent."""
+    limit = shape.max_position_embeddings or _read_base_config(shape.base_config)["max_position_embeddings"]
+    if not 2 <= block_size <= limit:
+        raise ValueError(f"block_size={block_size} must be between 2 and max_position_embeddings={limit}")
+
+
 def build_config(shape: ModelShapeArguments, **extra) -> PretrainedConfig:
     """The base config with shape overrides (and ``extra`` such as attn_implementation), validated."""
     values = _read_base_config(shape.base_config)
@@ -111,20 +117,6 @@ def build_model(shape: ModelShapeArguments, dtype: torch.dtype = torch.float32, 
     return model
 
 
-def fused_lm_head_enabled(requested: str = "auto") -> bool:
-    """``auto`` -> on where its Triton kernel runs (a CUDA GPU). Elsewhere the chunked-torch fallback is
-    exact but about 2x slower per step than plain logits (measured on CPU), so auto leaves it off."""
-    if requested not in ("auto", "true", "false"):
-        raise ValueError(f"fused_lm_head must be auto, true or false, got {requested!r}")
-    if requested != "auto":
-        return requested == "true"
-    from transformers.utils import is_triton_available
-
-    usable = torch.cuda.is_available() and is_triton_available()
-    logger.info("Fused LM head: %s", "on" if usable else "off (no CUDA GPU with Triton: plain logits are faster)")
-    return usable
-
-
 def use_fused_lm_head(model: PreTrainedModel) -> PreTrainedModel:
     """Let ``model(..., labels=..., fused_lm_head=True)`` return the loss from TRL's fused LM head.
 
@@ -139,45 +131,6 @@ def use_fused_lm_head(model: PreTrainedModel) -> PreTrainedModel:
         add_fused_lm_head(model)
         model._mini_qwen_fused_lm_head = True
     return model
-
-
-def flash_attn_usable() -> bool:
-    """FlashAttention-2 needs the package, CUDA and an Ampere-or-newer GPU (not T4/V100)."""
-    if importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available():
-        return False
-    major, _ = torch.cuda.get_device_capability()
-    return major >= 8
-
-
-def select_attn_implementation(requested: str | None = "auto") -> str:
-    """``auto`` -> flash_attention_2 where usable, else sdpa. Any explicit value is kept."""
-    if requested and requested != "auto":
-        return requested
-    if flash_attn_usable():
-        choice, why = "flash_attention_2", ""
-    elif not torch.cuda.is_available():
-        choice, why = "sdpa", " (no CUDA GPU)"
-    elif importlib.util.find_spec("flash_attn") is None:
-        choice, why = "sdpa", " (flash-attn is not installed: requirements-gpu.txt, or try flex_attention)"
-    else:
-        choice, why = "sdpa", " (FlashAttention-2 needs an Ampere or newer GPU)"
-    logger.info("Attention implementation: %s%s", choice, why)
-    return choice
-
-
-def select_precision(requested: str = "auto") -> str:
-    """``auto`` -> bf16 on GPUs that support it, fp16 on older GPUs (T4/V100), fp32 on CPU."""
-    if requested != "auto":
-        if requested not in ("bf16", "fp16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {requested!r}")
-        return requested
-    if not torch.cuda.is_available():
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def torch_dtype_for(precision: str) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
 def load_causal_lm(path: str, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):

@@ -1,32 +1,29 @@
-"""The Qwen2.5 tokenizer, exact and offline, plus the fast encoder used for pretraining data.
+"""The Qwen2.5 tokenizer, exact and offline, and the small demo tokenizer with the same formats.
 
-Two ways to get the tokenizer, in this order:
+Two ways to get the Qwen2.5 tokenizer, in this order:
 
 1. ``models/Qwen2.5-0.5B-Instruct`` already holds tokenizer files (``prepare.sh`` downloads them from
    ModelScope, or an earlier run of this module wrote them): they are loaded as they are.
 2. Otherwise it is rebuilt from the Qwen BPE ranks that the PyPI package ``dashscope`` ships as
    ``dashscope/resources/qwen.tiktoken`` (151,643 byte tokens with their ranks, identical to Qwen2.5's
-   ``vocab.json``). Only that one file is read; dashscope itself is never imported, so it can be
-   installed with ``pip install --no-deps`` and its web-client dependencies are not needed.
+   ``vocab.json``; see ``utils.bpe``). Only that one file is read; dashscope itself is never imported, so it can
+   be installed with ``pip install --no-deps`` and its web-client dependencies are not needed.
 
 Write the tokenizer into the model folder (what ``run.sh`` does on first use)::
 
     python -m utils.tokenizer --output_dir models/Qwen2.5-0.5B-Instruct
 
-Train the small demo tokenizer (same formats, 8k tokens) on the bundled data::
+Train the small demo tokenizer (same formats, 4k tokens) on the bundled data::
 
-    python -m utils.tokenizer --train_from mini_data --vocab_size 8000 --output_dir models/mini-tokenizer
+    python -m utils.tokenizer --train_from mini_data --vocab_size 4000 --output_dir models/mini-tokenizer
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import importlib.util
+import hashlib
 import logging
-import unicodedata
 from collections.abc import Iterable
-from functools import lru_cache
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -34,17 +31,12 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 from tokenizers.models import BPE
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from utils.bpe import QWEN_SPLIT_PATTERN, load_qwen_ranks, vocab_and_merges
 from utils.data import find_parquet_files, read_rows
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOKENIZER_DIR = "models/Qwen2.5-0.5B-Instruct"
-
-# Qwen2's pre-tokenizer split: digits one by one (\p{N} without {1,3}), unlike cl100k.
-QWEN_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-NUM_BPE_TOKENS = 151_643
 PAD_TOKEN = "<|endoftext|>"
 EOS_TOKEN = "<|im_end|>"
 
@@ -94,82 +86,10 @@ CHAT_TEMPLATE = (
 )
 
 
-def find_qwen_tiktoken_file() -> Path:
-    """Locate ``dashscope/resources/qwen.tiktoken`` without importing dashscope."""
-    spec = importlib.util.find_spec("dashscope")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "Cannot build the Qwen2.5 tokenizer offline: no tokenizer files in the model folder and the "
-            "package 'dashscope' (which ships the Qwen BPE ranks) is not installed. "
-            "Run: pip install --no-deps dashscope==2.0.2   (or: bash prepare.sh --stage model)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
-    if not path.is_file():
-        raise FileNotFoundError(f"The installed dashscope has no {path}; reinstall dashscope==2.0.2.")
-    return path
-
-
-@lru_cache(maxsize=2)
-def load_qwen_ranks(path: str | None = None) -> dict[bytes, int]:
-    """Read the ``qwen.tiktoken`` file: one ``<base64 token> <rank>`` per line."""
-    file = Path(path) if path else find_qwen_tiktoken_file()
-    ranks: dict[bytes, int] = {}
-    for line_no, line in enumerate(file.read_text().splitlines(), start=1):
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ValueError(f"{file}:{line_no}: expected '<base64> <rank>', got {line!r}")
-        ranks[base64.b64decode(parts[0])] = int(parts[1])
-    if len(ranks) != NUM_BPE_TOKENS:
-        raise ValueError(f"{file}: expected {NUM_BPE_TOKENS} tokens, found {len(ranks)}")
-    return ranks
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map, used by byte-level BPE vocab files."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
-
-
-def _merge_for(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
-    """The pair whose merge creates ``token``: run BPE on its bytes using only lower-ranked merges
-    until two parts remain. This is exactly the merge tiktoken would apply last."""
-    limit = ranks[token]
-    parts = [bytes([b]) for b in token]
-    while len(parts) > 2:
-        best_rank, best_i = None, None
-        for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1])
-            if rank is not None and rank < limit and (best_rank is None or rank < best_rank):
-                best_rank, best_i = rank, i
-        if best_i is None:
-            raise ValueError(f"token {token!r} cannot be built from lower-ranked merges")
-        parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
-    return parts[0], parts[1]
-
-
 def build_qwen_tokenizer(tiktoken_file: str | None = None) -> PreTrainedTokenizerFast:
     """Build the exact Qwen2.5 tokenizer from BPE ranks: vocab, 151,387 derived merges, NFC,
     the Qwen2 split regex, byte-level pre-tokenizer/decoder and the added tokens at their ids."""
-    ranks = load_qwen_ranks(tiktoken_file)
-    byte_map = _bytes_to_unicode()
-
-    def to_str(token: bytes) -> str:
-        return "".join(byte_map[b] for b in token)
-
-    vocab = {to_str(tok): rank for tok, rank in ranks.items()}
-    multi_byte = sorted((rank, tok) for tok, rank in ranks.items() if len(tok) > 1)
-    merges = [tuple(map(to_str, _merge_for(tok, ranks))) for _, tok in multi_byte]
-
+    vocab, merges = vocab_and_merges(load_qwen_ranks(tiktoken_file))
     core = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     _qwen_pipeline(core)
     # Added tokens get ids in the order given, starting after the BPE vocab: 151643, 151644, ...
@@ -182,7 +102,6 @@ def build_qwen_tokenizer(tiktoken_file: str | None = None) -> PreTrainedTokenize
         actual = core.token_to_id(content)
         if actual != expected_id:
             raise RuntimeError(f"{content} got id {actual}, expected {expected_id}")
-
     return _wrap(core)
 
 
@@ -258,30 +177,11 @@ def load_tokenizer(path: str | Path = DEFAULT_TOKENIZER_DIR) -> PreTrainedTokeni
     return tokenizer
 
 
-def nfc(text: str) -> str:
-    return unicodedata.normalize("NFC", text)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default=DEFAULT_TOKENIZER_DIR, help="Where to write the tokenizer files.")
-    parser.add_argument("--tiktoken_file", default=None, help="qwen.tiktoken path (default: dashscope's copy).")
-    parser.add_argument("--force", action="store_true", help="Rebuild even if tokenizer files exist.")
-    parser.add_argument(
-        "--train_from", default=None, help="Train a small tokenizer on every string in the parquet files here."
-    )
-    parser.add_argument("--vocab_size", type=int, default=8000, help="Vocabulary size with --train_from.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if has_tokenizer_files(args.output_dir) and not args.force:
-        logger.info("Tokenizer files already in %s; keeping them (use --force to rebuild)", args.output_dir)
-        return
-    if args.train_from:
-        tokenizer = train_small_tokenizer(iter_parquet_strings(args.train_from), args.vocab_size)
-    else:
-        tokenizer = build_qwen_tokenizer(args.tiktoken_file)
-    tokenizer.save_pretrained(args.output_dir)
-    logger.info("Wrote a tokenizer of %d tokens to %s", len(tokenizer), args.output_dir)
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Changes whenever the ids a tokenizer produces could change (a cache key)."""
+    state = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else str(tokenizer)
+    state += f"|eos={tokenizer.eos_token_id}|template={tokenizer.chat_template}"
+    return hashlib.sha256(state.encode()).hexdigest()[:16]
 
 
 def iter_parquet_strings(data_dir: str) -> Iterable[str]:
@@ -301,6 +201,28 @@ def iter_parquet_strings(data_dir: str) -> Iterable[str]:
         columns = [f.name for f in pq.read_schema(path) if f.name not in ("id", "_id", "label")]
         for _, _, record in read_rows([path], columns):
             yield from strings(record)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default=DEFAULT_TOKENIZER_DIR, help="Where to write the tokenizer files.")
+    parser.add_argument("--tiktoken_file", default=None, help="qwen.tiktoken path (default: dashscope's copy).")
+    parser.add_argument("--force", action="store_true", help="Rebuild even if tokenizer files exist.")
+    parser.add_argument(
+        "--train_from", default=None, help="Train a small tokenizer on every string in the parquet files here."
+    )
+    parser.add_argument("--vocab_size", type=int, default=4000, help="Vocabulary size with --train_from.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if has_tokenizer_files(args.output_dir) and not args.force:
+        logger.info("Tokenizer files already in %s; keeping them (use --force to rebuild)", args.output_dir)
+        return
+    if args.train_from:
+        tokenizer = train_small_tokenizer(iter_parquet_strings(args.train_from), args.vocab_size)
+    else:
+        tokenizer = build_qwen_tokenizer(args.tiktoken_file)
+    tokenizer.save_pretrained(args.output_dir)
+    logger.info("Wrote a tokenizer of %d tokens to %s", len(tokenizer), args.output_dir)
 
 
 if __name__ == "__main__":

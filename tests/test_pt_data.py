@@ -1,26 +1,17 @@
-"""PT data: discovery, bad input, the token cache, block boundaries, and document isolation."""
+"""PT data: discovery, bad input, the token cache and block boundaries."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
+from utils.collate import IGNORE_INDEX
 from utils.data import DataError, find_parquet_files
-from utils.modeling import ModelShapeArguments, build_model
-from utils.packing import (
-    IGNORE_INDEX,
-    PackedCollator,
-    PackedDataset,
-    TokenCache,
-    block_causal_mask,
-    build_token_cache,
-)
+from utils.pt_data import PackedDataset, TokenCache, build_token_cache
 
 
 def write(path, texts, **extra):
@@ -70,12 +61,12 @@ def test_cache_tokens_eos_skips_and_reuse(tmp_path, qwen_tokenizer, qwen_tokeniz
     for text in ["李白是诗人。", "Hello world", "Second doc"]:
         expected += qwen_tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
     assert cache.tokens.tolist() == expected
-    assert cache.meta["skipped_empty"] == 2 and cache.meta["documents"] == 3
+    assert cache.meta["skipped"] == {"empty or null text": 2} and cache.meta["documents"] == 3
     assert cache.meta["tokens_per_group"] == {
         "d/chinese": len(qwen_tokenizer("李白是诗人。")["input_ids"]) + 1,
         "d/english": len(expected) - len(qwen_tokenizer("李白是诗人。")["input_ids"]) - 1,
     }
-    with caplog.at_level(logging.INFO, logger="utils.packing"):
+    with caplog.at_level(logging.INFO, logger="utils.pt_data"):
         again = build_token_cache(*args)
     assert "Reusing token cache" in caplog.text and again.path == cache.path
 
@@ -101,75 +92,3 @@ def test_block_boundaries_positions_and_labels(tmp_path):
     assert second["input_ids"].tolist() == [4, 5, 6, 9]
     assert second["position_ids"].tolist() == [0, 1, 2, 3]
     assert second["labels"].tolist() == [IGNORE_INDEX, 5, 6, 9]
-
-
-def test_block_causal_mask_shape_and_values():
-    mask = block_causal_mask(torch.tensor([[0, 1, 2, 0, 1]]))
-    expected = torch.tensor(
-        [
-            [1, 0, 0, 0, 0],
-            [1, 1, 0, 0, 0],
-            [1, 1, 1, 0, 0],
-            [0, 0, 0, 1, 0],
-            [0, 0, 0, 1, 1],
-        ],
-        dtype=torch.bool,
-    )
-    assert mask.shape == (1, 1, 5, 5) and torch.equal(mask[0, 0], expected)
-    additive = block_causal_mask(torch.tensor([[0, 1, 0]]), torch.float32)[0, 0]
-    assert additive[1, 0] == 0 and additive[2, 0] == torch.finfo(torch.float32).min
-
-
-# flex_attention: forward only here (PyTorch has no flex backward on CPU); the first call compiles (~10 s).
-@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
-def test_packed_loss_equals_separate_documents(tmp_path, attn):
-    torch.manual_seed(0)
-    shape = ModelShapeArguments(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-        vocab_size=64,
-    )  # fmt: skip
-    model = build_model(shape, attn_implementation=attn, bos_token_id=None, eos_token_id=63, pad_token_id=0).eval()
-    docs = [[5, 6, 7, 8, 63], [10, 11, 12, 63], [20, 21, 22, 23, 24, 63]]
-    cache = make_cache(tmp_path, docs)
-    block = PackedDataset(cache, block_size=15)[0]
-    batch = PackedCollator(attn, pad_token_id=0)([block])
-    with torch.no_grad() if attn == "flex_attention" else contextlib.nullcontext():
-        packed = model(**batch)
-    with torch.no_grad():
-        per_doc = [model(input_ids=torch.tensor([d]), labels=torch.tensor([d])) for d in docs]
-    weights = [len(d) - 1 for d in docs]
-    expected = sum(o.loss * w for o, w in zip(per_doc, weights)) / sum(weights)
-    assert torch.allclose(packed.loss, expected, atol=1e-5)
-    separate_logits = torch.cat([o.logits for o in per_doc], dim=1)
-    assert torch.allclose(packed.logits, separate_logits, atol=1e-5)
-    # Without the mask (or, for flex, with a KV cache) the documents see each other: the test above can fail.
-    with torch.no_grad():
-        leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=True)
-    assert not torch.allclose(leaky.logits, separate_logits, atol=1e-5)
-
-
-def test_flash_attention_layout_is_one_flat_row():
-    examples = [
-        {"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "seq_lengths": [2, 1]},
-        {"input_ids": [4, 5], "labels": [-100, 5], "seq_lengths": [2]},
-    ]
-    batch = PackedCollator("flash_attention_2", pad_token_id=0)(examples)
-    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5]]
-    assert batch["position_ids"].tolist() == [[0, 1, 0, 0, 1]]
-    assert "attention_mask" not in batch
-    # flex_attention: padded rows, the mask left to transformers (from the restarts), no KV cache.
-    flex = PackedCollator("flex_attention", pad_token_id=0)(examples)
-    assert flex["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0]]
-    assert flex["position_ids"].tolist() == [[0, 1, 0], [0, 1, 0]] and flex["use_cache"] is False
-    assert "attention_mask" not in flex
-
-
-def test_padded_mode_and_real_token_share():
-    examples = [{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]}, {"input_ids": [5], "labels": [5]}]
-    collator = PackedCollator("sdpa", pad_token_id=0, isolate=False)
-    batch = collator(examples)
-    assert batch["input_ids"].tolist() == [[1, 2, 3, 4], [5, 0, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 0, 0, 0]]
-    assert batch["labels"][1].tolist() == [5, -100, -100, -100]
-    assert collator.take_real_token_share() == pytest.approx(5 / 8)
-    assert collator.take_real_token_share() is None
