@@ -159,15 +159,19 @@ def read_eval_texts(path: str) -> list[str]:
 
 
 def perplexity(model, tokenizer, texts: list[str], max_tokens: int, block_size: int) -> dict:
-    """Perplexity and bits per byte over documents (each ends with EOS) up to ``max_tokens`` tokens."""
-    ids, n_bytes = [], 0
+    """Perplexity and bits per byte over documents, up to ``max_tokens`` tokens in all.
+
+    Each document is tokenized as pretraining does (special-token text as text, then EOS) and scored on its own
+    from its first token, in blocks of ``block_size``: no document lends context to another."""
+    nll, count, n_bytes, used = 0.0, 0, 0, 0
     for text in texts:
-        if len(ids) >= max_tokens:
+        if used >= max_tokens:
             break
-        doc = tokenizer(text, add_special_tokens=False)["input_ids"][: max_tokens - len(ids)]
-        n_bytes += len(tokenizer.decode(doc).encode("utf-8"))
-        ids += doc
-    nll, count = text_nll(model, ids, block_size)
+        doc = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        doc = [*doc, tokenizer.eos_token_id][: max_tokens - used]
+        n_bytes += len(tokenizer.decode(doc, skip_special_tokens=True).encode("utf-8"))
+        doc_nll, doc_count = text_nll(model, doc, block_size)
+        nll, count, used = nll + doc_nll, count + doc_count, used + len(doc)
     ppl, bpb = perplexity_and_bpb(nll, count, n_bytes)
     # JSON has no NaN: a text too short to score gets null.
     return {"perplexity": ppl if count else None, "bits_per_byte": bpb if count else None, "scored_tokens": count}

@@ -107,7 +107,8 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
     summary["rows_per_epoch"] = len(dataset)
 
     model = load_causal_lm(script_args.model_name_or_path, script_args.attn_implementation)
-    collator = PackedCollator(tokenizer.pad_token_id, isolate=script_args.packing_mode == "isolated")
+    collator = PackedCollator(tokenizer.pad_token_id, isolate=script_args.packing_mode == "isolated",
+                              single_row=script_args.attn_implementation == "flash_attention_2")  # fmt: skip
     global_batch = log_batch_geometry(training_args)
     trainer = SFTTrainer(
         model=model,

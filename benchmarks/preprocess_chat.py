@@ -87,8 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{kind:<8}{r['rows']:>9,}{r['kept']:>9,}{r['seconds']:>9.1f}{rate:>9.0f}{r['peak_mb']:>9.0f}"
               f"{hours:>14.2f}")  # fmt: skip
         r.update(rows_per_s=rate, full_data_hours=hours)
-    print(f"full data: {FULL_ROWS['sft']:,} SFT conversations, {FULL_ROWS['dpo']:,} DPO pairs, at the measured rate "
-          f"(SFT with {args.num_proc} process(es); it splits work by file: N processes give up to N times the rate)")
+    print(
+        f"full data: {FULL_ROWS['sft']:,} SFT conversations, {FULL_ROWS['dpo']:,} DPO pairs, at the measured rate "
+        f"(SFT with {args.num_proc} process(es); it splits work by file: N processes give up to N times the rate)"
+    )
     return results
 
 

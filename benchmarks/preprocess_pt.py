@@ -5,7 +5,7 @@
 
 Upstream's approach: ``datasets`` parquet loading, ``Dataset.map`` with batched Hugging Face tokenization
 of ``text + eos``, ``itertools.chain`` of the batch and a split into fixed blocks. Ours:
-``utils.pt_data.build_token_cache`` (tiktoken engine, streaming into a flat token file). Both run in one
+``utils.token_cache.build_token_cache`` (tiktoken engine, streaming into a flat token file). Both run in one
 process (per-process throughput) on ``--repeat`` copies of every input file, with fresh caches.
 """
 
@@ -27,7 +27,7 @@ from datasets import load_dataset
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from utils.data import find_parquet_files
-from utils.pt_data import build_token_cache
+from utils.token_cache import build_token_cache
 from utils.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 
 

@@ -65,7 +65,7 @@ def main() -> None:
         packed = pack_dataset(dataset.shuffle(seed=0), args.max_length, "bfd").to_list()
     results = {
         "upstream: last pair, padded": measure(upstream, PackedCollator(0, isolate=False), args.batch_size),
-        "ours: all turns, packed, flat": measure(packed, PackedCollator(0), args.batch_size),
+        "ours: all turns, packed": measure(packed, PackedCollator(0), args.batch_size),
     }
     per_step = args.batch_size * args.grad_accum
     print(f"\n{args.data_dir}: {len(upstream)} conversations; rows of {args.max_length}, batch {args.batch_size}")

@@ -124,7 +124,7 @@ def make_batches(stage: str, config: str, args, lengths, vocab: int, attn: str, 
     fitting = [x for x in lengths if x <= seq] if stage == "sft" else []
     if stage == "sft" and not fitting:
         raise ValueError(f"no conversation fits seq_len={seq}")
-    collate = PackedCollator(pad_token_id=0, isolate=config != "baseline")
+    collate = PackedCollator(pad_token_id=0, isolate=config != "baseline", single_row=attn == "flash_attention_2")
     batches = []
     for _ in range(n):
         if stage == "pt":

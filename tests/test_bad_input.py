@@ -23,8 +23,9 @@ from utils.chat import SkipRow, conversation_to_messages, encode_chat
 from utils.collate import IGNORE_INDEX
 from utils.data import DataError
 from utils.dpo_data import encode_pair, load_preference_pairs, preference_pair
-from utils.pt_data import PackedDataset, build_token_cache
+from utils.pt_data import PackedDataset
 from utils.sft_data import load_sft_dataset
+from utils.token_cache import build_token_cache
 
 
 def invalid_utf8_strings(values: list[bytes]) -> pa.Array:
@@ -162,26 +163,26 @@ def test_no_tokens_at_all_says_fewer_than_one_block(tmp_path, qwen_tokenizer, qw
 
 def test_concurrent_runs_sharing_a_cache_dir(tmp_path, qwen_tokenizer, qwen_tokenizer_dir, monkeypatch):
     """Each build works in a folder of its own; when another run completes the same cache first, it is used."""
-    import utils.pt_data as pt_data
+    import utils.token_cache as token_cache
 
     path = tmp_path / "data" / "a.parquet"
     path.parent.mkdir()
     pq.write_table(pa.table({"text": ["one document", "another one"]}), path)
     args = ([path], path.parent, qwen_tokenizer, str(qwen_tokenizer_dir), tmp_path / "cache")
-    key = pt_data.cache_key([path], qwen_tokenizer)
+    key = token_cache.cache_key([path], qwen_tokenizer)
     stale = tmp_path / "cache" / f"{key}.partial-other"
     stale.mkdir(parents=True)
     (stale / "tokens.bin").write_bytes(b"the other run's work")
-    real = pt_data._tokenize_all
+    real = token_cache._tokenize_all
 
     def other_run_finishes_first(*a, **kw):
         results = real(*a, **kw)
-        monkeypatch.setattr(pt_data, "_tokenize_all", real)
-        pt_data.build_token_cache(*args)  # the "other" run, complete before this one renames its folder
+        monkeypatch.setattr(token_cache, "_tokenize_all", real)
+        token_cache.build_token_cache(*args)  # the "other" run, complete before this one renames its folder
         return results
 
-    monkeypatch.setattr(pt_data, "_tokenize_all", other_run_finishes_first)
-    cache = pt_data.build_token_cache(*args)
+    monkeypatch.setattr(token_cache, "_tokenize_all", other_run_finishes_first)
+    cache = token_cache.build_token_cache(*args)
     assert cache.meta["documents"] == 2 and (stale / "tokens.bin").read_bytes() == b"the other run's work"
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([key, stale.name])
 
@@ -285,11 +286,13 @@ def test_eval_metrics_are_valid_json_when_nothing_can_be_scored():
     from mini_qwen_eval import perplexity
 
     class Tokenizer:
-        def __call__(self, text, add_special_tokens=False):
-            return {"input_ids": [1]}
+        eos_token_id = 2
 
-        def decode(self, ids):
-            return "x"
+        def __call__(self, text, **kwargs):
+            return {"input_ids": []}
+
+        def decode(self, ids, **kwargs):
+            return ""
 
     scores = perplexity(None, Tokenizer(), ["x"], max_tokens=10, block_size=8)
     assert scores["perplexity"] is None and json.loads(json.dumps(scores, allow_nan=False)) == scores

@@ -1,6 +1,6 @@
-"""The one packed layout: a micro-batch flattened into a single row, documents kept apart by restarting
-position ids alone, on every attention backend. These tests pin that the installed transformers isolates
-them (packed == separate documents, logits and loss), and that it stops doing so once a KV cache exists."""
+"""The one packed layout: documents laid end to end in rows, kept apart by restarting position ids alone, on every
+attention backend. These tests pin that the installed transformers isolates them (packed == separate documents,
+logits and loss), and that it stops doing so once a KV cache exists."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 
 from utils.collate import IGNORE_INDEX, PackedCollator
 from utils.modeling import ModelShapeArguments, build_model
-from utils.pt_data import PackedDataset, TokenCache
+from utils.pt_data import PackedDataset
+from utils.token_cache import TokenCache
 
 DOCS = [[5, 6, 7, 8, 63], [10, 11, 12, 63], [20, 21, 22, 23, 24, 63], [30, 31, 63]]
 SHAPE = ModelShapeArguments(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -50,8 +51,10 @@ def test_packed_row_equals_separate_documents(tmp_path, attn):
     if attn == "flash_attention_2":
         model = model.to(torch.bfloat16)
     blocks = packed_blocks(tmp_path, block_size=6)  # 18 tokens in 3 blocks; documents cross block boundaries
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in PackedCollator(pad_token_id=0)(blocks).items()}
-    assert batch["input_ids"].shape == (1, 18) and "attention_mask" not in batch and batch["use_cache"] is False
+    collator = PackedCollator(pad_token_id=0, single_row=attn == "flash_attention_2")
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator(blocks).items()}
+    assert batch["input_ids"].shape == ((1, 18) if attn == "flash_attention_2" else (3, 6))
+    assert "attention_mask" not in batch and batch["use_cache"] is False
     # flex_attention has no backward on CPU: forward only there.
     with torch.no_grad() if attn == "flex_attention" else contextlib.nullcontext():
         packed = model(**batch)
@@ -65,7 +68,23 @@ def test_packed_row_equals_separate_documents(tmp_path, attn):
     tolerance = 2e-2 if attn == "flash_attention_2" else 1e-5
     assert torch.allclose(packed.loss.float(), expected.float(), atol=tolerance)
     separate_logits = torch.cat([o.logits for o in per_doc], dim=1)
-    assert torch.allclose(packed.logits.float(), separate_logits.float(), atol=tolerance * 5)
+    assert torch.allclose(packed.logits.float().reshape(1, 18, -1), separate_logits.float(), atol=tolerance * 5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_rows_of_different_lengths_are_flattened_and_stay_separate(attn):
+    """SFT rows (conversations packed up to max_length) differ in length: one row, no padding, same logits."""
+    model = tiny_model(attn)
+    examples = [{"input_ids": [5, 6, 7, 63, 10, 11, 63], "labels": [5, 6, 7, 63, 10, 11, 63], "seq_lengths": [4, 3]},
+                {"input_ids": [20, 21, 22, 63], "labels": [20, 21, 22, 63], "seq_lengths": [4]}]  # fmt: skip
+    batch = PackedCollator(pad_token_id=0)(examples)
+    assert batch["input_ids"].shape == (1, 11)
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3]]
+    with torch.no_grad():
+        packed = model(**batch).logits
+        pieces = [[5, 6, 7, 63], [10, 11, 63], [20, 21, 22, 63]]
+        separate = torch.cat([model(input_ids=torch.tensor([p])).logits for p in pieces], dim=1)
+    assert torch.allclose(packed, separate, atol=1e-5)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -74,7 +93,7 @@ def test_documents_leak_once_a_cache_is_built(tmp_path, attn):
     other. This is why every training batch says use_cache=False; if an upgrade changes either behaviour,
     this test or the one above fails."""
     model = tiny_model(attn)
-    batch = PackedCollator(pad_token_id=0)(packed_blocks(tmp_path, block_size=6))
+    batch = PackedCollator(pad_token_id=0, single_row=True)(packed_blocks(tmp_path, block_size=6))
     with torch.no_grad():
         isolated = model(**batch).logits
         leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=True).logits

@@ -11,7 +11,8 @@ import pytest
 
 from utils.collate import IGNORE_INDEX
 from utils.data import DataError, find_parquet_files
-from utils.pt_data import PackedDataset, TokenCache, build_token_cache
+from utils.pt_data import DocumentDataset, PackedDataset, pt_dataset
+from utils.token_cache import TokenCache, build_token_cache
 
 
 def write(path, texts, **extra):
@@ -66,7 +67,7 @@ def test_cache_tokens_eos_skips_and_reuse(tmp_path, qwen_tokenizer, qwen_tokeniz
         "d/chinese": len(qwen_tokenizer("李白是诗人。")["input_ids"]) + 1,
         "d/english": len(expected) - len(qwen_tokenizer("李白是诗人。")["input_ids"]) - 1,
     }
-    with caplog.at_level(logging.INFO, logger="utils.pt_data"):
+    with caplog.at_level(logging.INFO, logger="utils.token_cache"):
         again = build_token_cache(*args)
     assert "Reusing token cache" in caplog.text and again.path == cache.path
 
@@ -92,3 +93,19 @@ def test_block_boundaries_positions_and_labels(tmp_path):
     assert second["input_ids"].tolist() == [4, 5, 6, 9]
     assert second["position_ids"].tolist() == [0, 1, 2, 3]
     assert second["labels"].tolist() == [IGNORE_INDEX, 5, 6, 9]
+
+
+def test_the_comparison_layouts(tmp_path):
+    """cross_document: the same blocks, one segment each (documents see each other, upstream's packing);
+    one_per_row: one document per example, cut to the block size (upstream's conventional layout)."""
+    cache = make_cache(tmp_path, [[1, 2, 9], [3, 4, 5, 6, 9], [7, 9]])
+    cross = pt_dataset(cache, 4, "cross_document")[0]
+    assert cross["input_ids"].tolist() == [1, 2, 9, 3] and cross["position_ids"].tolist() == [0, 1, 2, 3]
+    assert cross["labels"].tolist() == [IGNORE_INDEX, 2, 9, 3]
+    rows = pt_dataset(cache, 4, "one_per_row")
+    assert isinstance(rows, DocumentDataset) and len(rows) == 3 and rows.dropped_tokens == 1
+    assert [rows[i]["input_ids"].tolist() for i in range(3)] == [[1, 2, 9], [3, 4, 5, 6], [7, 9]]
+    assert len(pt_dataset(cache, 4, "one_per_row", fraction=0.5)) == 1
+    assert len(PackedDataset(cache, 2, fraction=0.5)) == 2  # 5 blocks of 2 -> the first 2
+    with pytest.raises(ValueError, match="data_fraction"):
+        pt_dataset(cache, 4, fraction=0)
