@@ -2,6 +2,7 @@
 
     python -m utils.download --stage pt --data_dir data --domains news_media tourism_geography
     python -m utils.download --stage model sft dpo
+    python -m utils.download --stage bench          # benchmark data from the Hugging Face Hub (utils.bench_data)
 
 Every folder is downloaded, then verified (at least one file, every selected file present and not empty),
 then described in ``MANIFEST.json`` next to the data (each file and its bytes), then marked ``.complete`` so a
@@ -16,12 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
+
+from utils.bench_data import BENCH_SOURCES, normalize_bench_folder
 
 logger = logging.getLogger("mini_qwen")
 
@@ -42,7 +48,8 @@ class DownloadError(RuntimeError):
 @dataclass
 class Job:
     """One folder to fetch: ``repo`` files (exact names) or ``patterns``, into ``local_dir`` (the repo's root);
-    ``folder`` is where they land, and what is verified and marked."""
+    ``folder`` is where they land, and what is verified and marked. ``hub="hf"`` downloads with the Hugging Face
+    CLI instead of ModelScope's; ``after(folder)`` runs between the download and the checks."""
 
     repo: str
     repo_type: str
@@ -51,6 +58,9 @@ class Job:
     files: list[str] | None = None
     patterns: list[str] | None = None
     suffix: str = ".parquet"
+    excludes: tuple[str, ...] = ()
+    hub: str = "modelscope"
+    after: Callable[[Path], object] | None = None
 
 
 def list_dataset_folder(repo: str, folder: str) -> list[str]:
@@ -101,20 +111,31 @@ def stage_jobs(stage: str, data_dir: Path, domains: list[str] | None) -> list[Jo
                 for s in SFT_SUBSETS]  # fmt: skip
     if stage == "dpo":
         return [Job(DPO_REPO, "dataset", data_dir / "dpo", data_dir / "dpo", patterns=["*.parquet", "data/*"])]
+    if stage == "bench":
+        return [Job(repo, "dataset", data_dir / "bench" / name, data_dir / "bench" / name, patterns=include or None,
+                    excludes=tuple(exclude), hub="hf", after=normalize_bench_folder)
+                for name, (repo, include, exclude) in BENCH_SOURCES.items()]  # fmt: skip
     raise DownloadError(f"unknown stage {stage!r}")
 
 
-def fetch(job: Job, modelscope: str) -> None:
+def fetch(job: Job, modelscope: str, hf: str = "hf") -> None:
     """Download one job (skipped when already complete), verify it and write its manifest."""
     if (job.folder / COMPLETE).is_file():
         logger.info("%s already complete, skipping", job.folder)
         return
     job.folder.mkdir(parents=True, exist_ok=True)
-    command = [modelscope, "download", "--repo-type", job.repo_type, job.repo, *(job.files or [])]
-    command += ["--include", *job.patterns] if job.patterns else []
+    if job.hub == "hf":  # hf takes one glob per --include/--exclude
+        command = [hf, "download", job.repo, *(job.files or []), "--repo-type", job.repo_type]
+        command += [arg for glob in job.patterns or [] for arg in ("--include", glob)]
+        command += [arg for glob in job.excludes for arg in ("--exclude", glob)]
+    else:
+        command = [modelscope, "download", "--repo-type", job.repo_type, job.repo, *(job.files or [])]
+        command += ["--include", *job.patterns] if job.patterns else []
     command += ["--local-dir", str(job.local_dir)]
     logger.info("%s", " ".join(command))
     subprocess.run(command, check=True)
+    if job.after:
+        job.after(job.folder)
     write_manifest(job)
     (job.folder / COMPLETE).touch()
 
@@ -151,10 +172,12 @@ def cut_samples(data_dir: Path, mini_dir: Path, rows: int = 100) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", nargs="+", default=["model", "pt", "sft", "dpo"],
-                        choices=["model", "pt", "sft", "dpo"], help="What to fetch.")  # fmt: skip
+                        choices=["model", "pt", "sft", "dpo", "bench"], help="What to fetch.")  # fmt: skip
     parser.add_argument("--data_dir", default="data", help="Where the datasets go.")
     parser.add_argument("--domains", nargs="*", default=None, help="PT domains (default: all of the subset).")
     parser.add_argument("--modelscope", default="modelscope", help="The ModelScope command-line tool.")
+    parser.add_argument("--hf", default=shutil.which("hf", path=str(Path(sys.executable).parent)) or "hf",
+                        help="The Hugging Face command-line tool (--stage bench); default: this venv's.")  # fmt: skip
     parser.add_argument("--mini_dir", default=None, help="Also write 100-row samples of every file here.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[prepare] %(message)s")
@@ -162,8 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for stage in args.stage:
             for job in stage_jobs(stage, data_dir, args.domains):
-                fetch(job, args.modelscope)
-    except (DownloadError, subprocess.CalledProcessError) as err:
+                fetch(job, args.modelscope, args.hf)
+    except (DownloadError, subprocess.CalledProcessError, FileNotFoundError) as err:
         raise SystemExit(f"prepare: {err}") from err
     if args.mini_dir:
         cut_samples(data_dir, Path(args.mini_dir))
