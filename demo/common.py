@@ -10,6 +10,8 @@ DEMO_TOKENIZER = "models/mini-tokenizer"
 # Recipe sets: "cpu" is the tiny model with the small demo tokenizer (minutes on a laptop); "t4" is the full
 # 1B shape with the Qwen tokenizer at seq 128, sized for a 16 GB GPU (python -m benchmarks.memory).
 RECIPES = {"cpu": "{stage}_demo.yaml", "t4": "{stage}_t4_demo.yaml"}
+# The training texts the demo tokenizer learns from (not the benchmark fixtures in mini_data/bench).
+TOKENIZER_TEXTS = ["mini_data/pt", "mini_data/sft", "mini_data/dpo"]
 
 
 def demo_argv(stage: str, extra: list[str] | None = None, recipes: str = "cpu") -> list[str]:
@@ -26,4 +28,4 @@ def ensure_demo_tokenizer() -> None:
     """Train the small demo tokenizer on mini_data once; later runs reuse it."""
     from utils.tokenizer import main as tokenizer_main
 
-    tokenizer_main(["--train_from", "mini_data", "--vocab_size", "4000", "--output_dir", DEMO_TOKENIZER])
+    tokenizer_main(["--train_from", *TOKENIZER_TEXTS, "--vocab_size", "4000", "--output_dir", DEMO_TOKENIZER])

@@ -50,5 +50,6 @@ def small_tokenizer_dir(tmp_path_factory) -> Path:
     from utils.tokenizer import main as tokenizer_main
 
     out = tmp_path_factory.mktemp("small_tokenizer")
-    tokenizer_main(["--train_from", str(MINI_DATA), "--vocab_size", "1000", "--output_dir", str(out), "--force"])
+    texts = [str(MINI_DATA / part) for part in ("pt", "sft", "dpo")]
+    tokenizer_main(["--train_from", *texts, "--vocab_size", "1000", "--output_dir", str(out), "--force"])
     return out

@@ -1,8 +1,14 @@
-"""Loss curves from a run's ``trainer_state.json``, read as JSON data (never executed).
+"""Training curves from runs' ``trainer_state.json``, read as JSON data (never executed).
 
-Run on a finished (or running) output dir::
+One run: every logged curve in its own panel, saved next to the run::
 
     python -m utils.plotting results/pt
+
+Several runs: their losses in one figure, one line per run named after its folder, against optimizer steps or
+against training tokens (steps x the run's tokens per step, from its run_info.json), the way scaling-law
+figures compare runs of different sizes::
+
+    python -m utils.plotting results/pt_quarter results/pt_half results/pt --x tokens --output scaling.png
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
+
+from utils.run_info import read_run_info  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +53,20 @@ def find_log_history(run_dir: str | Path) -> list[dict]:
     raise FileNotFoundError(f"No trainer_state.json in {run} or its checkpoints")
 
 
+def series(history: list[dict], key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every finite ``key`` in a log history."""
+    points = [(h["step"], h[key]) for h in history if key in h and isinstance(h[key], (int, float))]
+    return [(s, v) for s, v in points if math.isfinite(v)]
+
+
 def plot_loss(run_dir: str | Path, keys: tuple[str, ...] = DEFAULT_KEYS, output: str | Path | None = None) -> Path:
     """Plot every ``key`` found in the log history against the step; returns the PNG path."""
     history = find_log_history(run_dir)
-    series = {}
-    for key in keys:
-        points = [(h["step"], h[key]) for h in history if key in h and isinstance(h[key], (int, float))]
-        points = [(s, v) for s, v in points if math.isfinite(v)]
-        if points:
-            series[key] = points
-    if not series:
+    curves = {key: points for key in keys if (points := series(history, key))}
+    if not curves:
         raise ValueError(f"{run_dir}: the log history has none of {keys}")
-    fig, axes = plt.subplots(len(series), 1, figsize=(8, 2.6 * len(series)), sharex=True, squeeze=False)
-    for ax, (key, points) in zip(axes[:, 0], series.items()):
+    fig, axes = plt.subplots(len(curves), 1, figsize=(8, 2.6 * len(curves)), sharex=True, squeeze=False)
+    for ax, (key, points) in zip(axes[:, 0], curves.items()):
         steps, values = zip(*points)
         ax.plot(steps, values, marker="." if len(points) < 50 else None)
         ax.set_ylabel(key)
@@ -72,13 +81,65 @@ def plot_loss(run_dir: str | Path, keys: tuple[str, ...] = DEFAULT_KEYS, output:
     return out
 
 
+def tokens_per_step(run_dir: str | Path) -> float:
+    """Training tokens per optimizer step: the global batch times the tokens of one example (PT: the block size;
+    SFT: the average packed row, from the data summary)."""
+    info = read_run_info(run_dir) or {}
+    arguments = {k: v for group in info.get("arguments", {}).values() for k, v in group.items()}
+    batch, data = info.get("global_batch_size"), info.get("data", {})
+    if batch and info.get("stage") == "pt":
+        return batch * arguments["block_size"]
+    if batch and info.get("stage") == "sft" and data.get("rows_per_epoch"):
+        return batch * data["tokens"] / data["rows_per_epoch"]
+    raise ValueError(f"{run_dir}: tokens per step are known for PT and SFT runs with a run_info.json only")
+
+
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """Folder names, or the last two path parts where names repeat (results/a/pt, results/b/pt)."""
+    names = [p.name for p in run_dirs]
+    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in run_dirs]
+
+
+def plot_runs(run_dirs: list[str | Path], x: str = "steps", key: str = "loss", output: str | Path = "runs.png"):
+    """One line per run of ``key`` against ``x`` (steps or tokens); returns the PNG path and the axes."""
+    if x not in ("steps", "tokens"):
+        raise ValueError(f"x must be steps or tokens, got {x!r}")
+    runs = [Path(r) for r in run_dirs]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for run, label in zip(runs, run_labels(runs)):
+        points = series(find_log_history(run), key)
+        if not points:
+            raise ValueError(f"{run}: no {key} in the log history")
+        scale = tokens_per_step(run) if x == "tokens" else 1
+        steps, values = zip(*points)
+        ax.plot([s * scale for s in steps], values, label=label, marker="." if len(points) < 50 else None)
+    ax.set_xlabel("training tokens" if x == "tokens" else "optimizer step")
+    if x == "tokens":
+        ax.set_xscale("log")
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    logger.info("Saved %s", out)
+    return out, ax
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Plot the training curves of a run.")
-    parser.add_argument("run_dir", help="A stage's output_dir (or one of its checkpoints).")
-    parser.add_argument("--output", default=None, help="PNG path (default: <run_dir>/training_curves.png).")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", help="Stage output dirs (or checkpoints); several: one figure.")
+    parser.add_argument("--x", choices=["steps", "tokens"], default="steps", help="Several runs: the x axis.")
+    parser.add_argument("--key", default="loss", help="Several runs: the logged value to compare.")
+    parser.add_argument("--output", default=None, help="PNG path (default: <run_dir>/training_curves.png, runs.png).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    print(plot_loss(args.run_dir, output=args.output))
+    if len(args.run_dirs) == 1:
+        print(plot_loss(args.run_dirs[0], output=args.output))
+    else:
+        print(plot_runs(args.run_dirs, args.x, args.key, args.output or "runs.png")[0])
 
 
 if __name__ == "__main__":

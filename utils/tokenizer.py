@@ -15,7 +15,8 @@ Write the tokenizer into the model folder (what ``run.sh`` does on first use)::
 
 Train the small demo tokenizer (same formats, 4k tokens) on the bundled data::
 
-    python -m utils.tokenizer --train_from mini_data --vocab_size 4000 --output_dir models/mini-tokenizer
+    python -m utils.tokenizer --train_from mini_data/pt mini_data/sft mini_data/dpo --vocab_size 4000 \
+        --output_dir models/mini-tokenizer
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiktoken_file", default=None, help="qwen.tiktoken path (default: dashscope's copy).")
     parser.add_argument("--force", action="store_true", help="Rebuild even if tokenizer files exist.")
     parser.add_argument(
-        "--train_from", default=None, help="Train a small tokenizer on every string in the parquet files here."
+        "--train_from", nargs="+", default=None, help="Train a small tokenizer on every string of these parquet files."
     )
     parser.add_argument("--vocab_size", type=int, default=4000, help="Vocabulary size with --train_from.")
     args = parser.parse_args(argv)
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("Tokenizer files already in %s; keeping them (use --force to rebuild)", args.output_dir)
         return
     if args.train_from:
-        tokenizer = train_small_tokenizer(iter_parquet_strings(args.train_from), args.vocab_size)
+        texts = (text for folder in args.train_from for text in iter_parquet_strings(folder))
+        tokenizer = train_small_tokenizer(texts, args.vocab_size)
     else:
         tokenizer = build_qwen_tokenizer(args.tiktoken_file)
     tokenizer.save_pretrained(args.output_dir)

@@ -1,0 +1,34 @@
+"""``python -m experiments NAME [--scale full|ci] [--output_root results/experiments]``: run one study, print
+where its report is. NAME: packing, bilingual, scaling, sft_epochs, dpo_lr."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from pathlib import Path
+
+from experiments.common import SCALES
+
+STUDIES = ("packing", "bilingual", "scaling", "sft_epochs", "dpo_lr")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("name", choices=STUDIES, help="The study to run.")
+    sizes = "full: the documented size (minutes on a CPU); ci: seconds, to check the wiring."
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full", help=sizes)
+    parser.add_argument("--output_root", default="results/experiments", help="Reports go to <root>/<name>/.")
+    args = parser.parse_args(argv)
+    study = importlib.import_module(f"experiments.{args.name}")
+    out = Path(args.output_root) / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    report = study.run(out, SCALES[args.scale])
+    print(report.read_text(encoding="utf-8"))
+    print(f"Experiment {args.name} finished in {(time.perf_counter() - start) / 60:.1f} min; report: {report}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
