@@ -12,7 +12,8 @@ Batch mode: every prompt through every checkpoint, plus perplexity / bits-per-by
         --prompts mini_data/eval_prompts.jsonl --eval_data mini_data/pt --output_dir results/eval
 
 writes ``generations.jsonl``, ``metrics.json`` and ``report.md`` (outputs side by side, repetition metrics,
-perplexity); ``--decoding greedy sample`` adds one column per checkpoint and decoding.
+perplexity); ``--decoding greedy sample`` adds one column per checkpoint and decoding; ``--bench bench.json`` adds the
+benchmark table of ``bash run.sh bench``.
 Sampling defaults come from each checkpoint's generation_config.json (``utils.generation.SAMPLING_DEFAULTS``
 for checkpoints trained here); ``--do_sample false`` is greedy. Answers stop at ``--max_new_tokens``.
 """
@@ -80,6 +81,9 @@ class EvalArguments:
         },
     )
     seed: int = field(default=42, metadata={"help": "Sampling seed (batch mode is reproducible)."})
+    bench: str | None = field(
+        default=None, metadata={"help": "Batch mode: a bench.json (bash run.sh bench) whose table report.md includes."}
+    )
     attn_implementation: str = field(default="auto", metadata={"help": "Attention kernel.",
                                                                "choices": list(ATTENTION_CHOICES)})  # fmt: skip
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda."})
@@ -204,6 +208,7 @@ def batch(args: EvalArguments) -> list[dict]:
             metrics[label] = {
                 "decoding": "sample" if config.do_sample else "greedy",
                 "ended_with_eos": sum(r["ended_with_eos"] for r in mine) / len(mine),
+                "mean_new_tokens": sum(r["new_tokens"] for r in mine) / len(mine),
                 "repeated_4gram_share": sum(r["repeated_4gram_share"] for r in mine) / len(mine),
                 "distinct_2": sum(r["distinct_2"] for r in mine) / len(mine),
                 **scores,
@@ -211,7 +216,12 @@ def batch(args: EvalArguments) -> list[dict]:
     with open(out / "generations.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (out / "report.md").write_text(render_report(prompts, rows, metrics, columns), encoding="utf-8")
+    report = render_report(prompts, rows, metrics, columns)
+    if args.bench:
+        from utils.bench import bench_table_markdown
+
+        report += "\n# Benchmarks\n\n" + bench_table_markdown(args.bench)
+    (out / "report.md").write_text(report, encoding="utf-8")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     return rows
 

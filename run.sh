@@ -8,6 +8,11 @@
 #   bash run.sh sft [flags...]       # full-recipe SFT            (configs/sft_full.yaml + your flags)
 #   bash run.sh dpo [flags...]       # full-recipe DPO            (configs/dpo_full.yaml + your flags)
 #   bash run.sh eval [flags...]      # chat with / compare checkpoints (mini_qwen_eval.py flags)
+#   bash run.sh bench [flags...]     # C-Eval, CMMLU, MMLU, ARC, HellaSwag (+ --tasks gsm8k) via lm-evaluation-harness
+#   bash run.sh experiment NAME      # one of upstream's studies: packing, bilingual, scaling, sft_epochs, dpo_lr
+#   bash run.sh serve [flags...]     # an OpenAI-compatible server for a checkpoint (--model_name_or_path results/dpo)
+#   bash run.sh web [flags...]       # that server plus a chat page in the browser
+#   bash run.sh export --gguf DIR    # GGUF files (f16, q8_0) and an Ollama Modelfile, for llama.cpp / Ollama
 #   bash run.sh setup                # only create .venv and install what is missing
 #   bash run.sh -h                   # this help
 #
@@ -24,6 +29,8 @@
 #   NUM_GPUS=6 bash run.sh pt
 #   NUM_GPUS=8 BACKGROUND=1 bash run.sh sft --model_name_or_path results/pt
 #   bash run.sh eval --model_name_or_path results/sft
+#   bash run.sh bench --model_name_or_path results/demo/pt results/demo/sft results/demo/dpo --data_dir mini_data/bench
+#   bash run.sh web --model_name_or_path results/demo/dpo
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -36,25 +43,37 @@ NUM_GPUS=${NUM_GPUS:-1}
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-accelerate_config.yaml}
 LOG_DIR=${LOG_DIR:-logs}
 
+install() {  # install <requirements file>: once per version of the file
+  local file=$1 stamp="$VENV/.mini_qwen_$(basename "$1" .txt)"
+  if [ ! -f "$stamp" ] || ! cmp -s "$file" "$stamp"; then
+    echo "[run.sh] installing $file"
+    "$VENV/bin/python" -m pip install -q -r "$file"
+    cp "$file" "$stamp"
+  fi
+}
+
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
     echo "[run.sh] creating virtual environment $VENV"
     "$PYTHON" -m venv "$VENV"
   fi
-  local py="$VENV/bin/python" stamp="$VENV/.mini_qwen_requirements"
+  local py="$VENV/bin/python"
   if ! "$py" -c "import torch" 2>/dev/null; then
     echo "[run.sh] installing $TORCH_SPEC"
     "$py" -m pip install -q "$TORCH_SPEC"
   fi
-  if [ ! -f "$stamp" ] || ! cmp -s requirements.txt "$stamp"; then
-    echo "[run.sh] installing requirements.txt"
-    "$py" -m pip install -q -r requirements.txt
+  if [ ! -f "$VENV/.mini_qwen_requirements" ] || ! cmp -s requirements.txt "$VENV/.mini_qwen_requirements"; then
     # dashscope only ships the Qwen BPE ranks we read; --no-deps skips its web-client dependencies.
-    "$py" -m pip install -q --no-deps dashscope==2.0.2
-    cp requirements.txt "$stamp"
+    install requirements.txt && "$py" -m pip install -q --no-deps dashscope==2.0.2
   fi
   # The exact Qwen2.5 tokenizer, built offline unless prepare.sh already downloaded it.
   "$py" -m utils.tokenizer --output_dir models/Qwen2.5-0.5B-Instruct
+}
+
+setup_tests() {  # everything the tests exercise: serving, export (with the transformers 4.x check), benchmarks
+  setup && install requirements-serve.txt && install requirements-export.txt && install requirements-bench.txt
+  "$VENV/bin/python" -m utils.portable --install_transformers4
+  "$VENV/bin/python" -m utils.export --install_converter
 }
 
 launch() {  # launch <script> <recipe> [flags...]
@@ -79,17 +98,25 @@ launch() {  # launch <script> <recipe> [flags...]
   fi
 }
 
+# Evaluation, serving and export read local files only: no hub is asked for anything.
+offline() { HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_UPDATE_CHECK=1 "$@"; }
+
 mode=${1:-}
 [ $# -gt 0 ] && shift
 case "$mode" in
   -h | --help | help | "") usage ;;
   setup) setup ;;
   demo) setup && "$VENV/bin/python" -m demo.run_all "$@" ;;
-  test) setup && "$VENV/bin/python" -m pytest -q --durations=10 tests "$@" ;;
+  test) setup_tests && "$VENV/bin/python" -m pytest -q --durations=10 tests "$@" ;;
   pt) setup && launch mini_qwen_pt.py configs/pt_full.yaml "$@" ;;
   sft) setup && launch mini_qwen_sft.py configs/sft_full.yaml "$@" ;;
   dpo) setup && launch mini_qwen_dpo.py configs/dpo_full.yaml "$@" ;;
   eval) setup && "$VENV/bin/python" mini_qwen_eval.py "$@" ;;
+  bench) setup && install requirements-bench.txt && offline "$VENV/bin/python" -m utils.bench "$@" ;;
+  experiment) setup && "$VENV/bin/python" -m experiments "$@" ;;
+  serve) setup && install requirements-serve.txt && offline "$VENV/bin/python" -m utils.serve "$@" ;;
+  web) setup && install requirements-serve.txt && offline "$VENV/bin/python" -m utils.chat_launcher "$@" ;;
+  export) setup && install requirements-export.txt && "$VENV/bin/python" -m utils.export "$@" ;;
   *)
     echo "unknown mode: $mode" >&2
     usage >&2

@@ -5,8 +5,9 @@
 
 Upstream's layout: one human/gpt pair per conversation (its code kept the last one), rows of at most
 ``max_length`` tokens, batches of ``batch_size`` padded to the longest row. Ours: every turn of every
-conversation, packed whole into rows of at most ``max_length`` (best-fit decreasing), then each micro-batch
-flattened into one row with no padding at all (the layout every attention backend trains on here).
+conversation, packed whole into rows of at most ``max_length`` (best-fit decreasing); under flash-attention-2 the
+micro-batch is one row with no padding at all, under the other kernels the rows are padded to the longest
+(``utils/collate.py`` says why).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def main() -> None:
         packed = pack_dataset(dataset.shuffle(seed=0), args.max_length, "bfd").to_list()
     results = {
         "upstream: last pair, padded": measure(upstream, PackedCollator(0, isolate=False), args.batch_size),
-        "ours: all turns, packed": measure(packed, PackedCollator(0), args.batch_size),
+        "ours, flash-attention-2": measure(packed, PackedCollator(0, single_row=True), args.batch_size),
+        "ours, sdpa/eager/flex": measure(packed, PackedCollator(0), args.batch_size),
     }
     per_step = args.batch_size * args.grad_accum
     print(f"\n{args.data_dir}: {len(upstream)} conversations; rows of {args.max_length}, batch {args.batch_size}")

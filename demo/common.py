@@ -24,8 +24,14 @@ def demo_argv(stage: str, extra: list[str] | None = None, recipes: str = "cpu") 
     return ["--config", str(recipe), "--overwrite_output_dir", "true", *user]
 
 
-def ensure_demo_tokenizer() -> None:
-    """Train the small demo tokenizer on mini_data once; later runs reuse it."""
+def flag_value(argv: list[str], name: str, default: str) -> str:
+    """The value of ``--name`` in argv (the last one wins, as in argparse), else ``default``."""
+    values = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == f"--{name}"]
+    return values[-1] if values else default
+
+
+def ensure_demo_tokenizer(output_dir: str = DEMO_TOKENIZER) -> None:
+    """Train the small demo tokenizer on mini_data once into ``output_dir``; later runs reuse it."""
     from utils.tokenizer import main as tokenizer_main
 
-    tokenizer_main(["--train_from", *TOKENIZER_TEXTS, "--vocab_size", "4000", "--output_dir", DEMO_TOKENIZER])
+    tokenizer_main(["--train_from", *TOKENIZER_TEXTS, "--vocab_size", "4000", "--output_dir", output_dir])

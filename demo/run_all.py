@@ -32,16 +32,23 @@ def run(
     prompts: int = 4,
     logging_steps: int | None = None,
     recipes: str = "cpu",
+    work_dir: str | None = None,
 ) -> dict:
+    """The whole demo; ``work_dir``: where the demo tokenizer and the token caches go instead of the recipes'
+    models/mini-tokenizer and cache/ (the tests keep everything in a temporary folder)."""
     output_root = output_root or ("results/demo" if recipes == "cpu" else f"results/{recipes}_demo")
     root = Path(output_root)
     steps = ["--max_steps", str(max_steps)] if max_steps else []
     steps += ["--logging_steps", str(logging_steps)] if logging_steps else []
+    work = Path(work_dir) if work_dir else None
+    cache = ["--cache_dir", str(work / "cache")] if work else []
+    tokenizer = ["--tokenizer_name_or_path", str(work / "tokenizer")] if work and recipes == "cpu" else []
     start = time.perf_counter()
     timings = {}
-    demo_pt.run(["--output_dir", str(root / "pt"), *steps], recipes)
+    demo_pt.run(["--output_dir", str(root / "pt"), *steps, *cache, *tokenizer], recipes)
     timings["pt"] = time.perf_counter() - start
-    demo_sft.run(["--model_name_or_path", str(root / "pt"), "--output_dir", str(root / "sft"), *steps], recipes)
+    demo_sft.run(["--model_name_or_path", str(root / "pt"), "--output_dir", str(root / "sft"), *steps, *cache],
+                 recipes)  # fmt: skip
     timings["sft"] = time.perf_counter() - start - sum(timings.values())
     demo_dpo.run(["--model_name_or_path", str(root / "sft"), "--output_dir", str(root / "dpo"), *steps], recipes)
     timings["dpo"] = time.perf_counter() - start - sum(timings.values())
@@ -89,8 +96,10 @@ def main() -> None:
     parser.add_argument("--max_steps", type=int, default=None, help="Override every stage's step count.")
     parser.add_argument("--prompts", type=int, default=4, help="How many of the eval prompts to answer.")
     parser.add_argument("--logging_steps", type=int, default=None, help="Override every stage's logging interval.")
+    parser.add_argument("--work_dir", default=None, help="The demo tokenizer and token caches go here (default: the "
+                        "recipes' models/mini-tokenizer and cache/).")  # fmt: skip
     args = parser.parse_args()
-    run(args.output_root, args.max_steps, args.prompts, args.logging_steps, args.recipes)
+    run(args.output_root, args.max_steps, args.prompts, args.logging_steps, args.recipes, args.work_dir)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import importlib
 import time
 from pathlib import Path
 
-from experiments.common import SCALES
+from experiments.common import SCALES, WORK
 
 STUDIES = ("packing", "bilingual", "scaling", "sft_epochs", "dpo_lr")
 
@@ -19,7 +19,11 @@ def main(argv: list[str] | None = None) -> Path:
     sizes = "full: the documented size (minutes on a CPU); ci: seconds, to check the wiring."
     parser.add_argument("--scale", choices=sorted(SCALES), default="full", help=sizes)
     parser.add_argument("--output_root", default="results/experiments", help="Reports go to <root>/<name>/.")
+    parser.add_argument("--work_dir", default=None, help="The demo tokenizer and token caches go here (default: "
+                        "models/mini-tokenizer and cache/experiments).")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.work_dir:
+        WORK.update(tokenizer=str(Path(args.work_dir) / "tokenizer"), cache=str(Path(args.work_dir) / "cache"))
     study = importlib.import_module(f"experiments.{args.name}")
     out = Path(args.output_root) / args.name
     out.mkdir(parents=True, exist_ok=True)

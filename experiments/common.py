@@ -8,11 +8,13 @@ and the report says so when they do instead of naming a winner.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from demo import demo_dpo, demo_pt, demo_sft
+from demo.common import DEMO_TOKENIZER
 from mini_qwen_eval import EvalArguments
 from mini_qwen_eval import main as eval_main
 from utils.plotting import find_log_history, plot_runs
@@ -21,6 +23,8 @@ from utils.plotting import find_log_history, plot_runs
 TINY = ["--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--num_key_value_heads", "2",
         "--intermediate_size", "64"]  # fmt: skip
 HELD_OUT_DOMAIN = "tourism_geography"  # never trained on by the PT studies: their perplexity is measured on it
+# Where the demo tokenizer and the token caches live; ``python -m experiments --work_dir`` moves both.
+WORK = {"tokenizer": DEMO_TOKENIZER, "cache": "cache/experiments"}
 RAW_PROMPTS = ["李白是", "旅游的意义在于", "The history of", "Machine learning is"]
 
 
@@ -57,14 +61,15 @@ def train_pt(out: Path, seed: int, scale: Scale, *overrides: str) -> Path:
     """A demo-recipe PT run (configs/pt_demo.yaml) with ``overrides``; the held-out domain is never trained on."""
     domains = sorted(p.name for p in Path("mini_data/pt").iterdir() if p.is_dir() and p.name != HELD_OUT_DOMAIN)
     demo_pt.run([*common_flags(seed, out, scale), "--max_steps", str(scale.pt_steps), "--domains", *domains,
-                 "--cache_dir", "cache/experiments", *scale.shape, *overrides])  # fmt: skip
+                 "--cache_dir", WORK["cache"], "--tokenizer_name_or_path", WORK["tokenizer"], *scale.shape,
+                 *overrides])  # fmt: skip
     return out
 
 
 def train_sft(out: Path, model: Path, seed: int, scale: Scale, *overrides: str) -> Path:
     epochs = ["--max_steps", "-1", "--num_train_epochs", str(scale.sft_epochs)]
     demo_sft.run([*common_flags(seed, out, scale), "--model_name_or_path", str(model), *epochs, "--cache_dir",
-                  "cache/experiments", *overrides])  # fmt: skip
+                  WORK["cache"], *overrides])  # fmt: skip
     return out
 
 
@@ -102,12 +107,23 @@ def spread(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ({min(values):.3f}–{max(values):.3f})"
 
 
-def verdict(groups: dict[str, list[float]], lower_is_better: bool, what: str) -> str:
-    """Name the best variant only if its seeds' range clears every other variant's range."""
+def verdict(groups: dict[str, list[float]], lower_is_better: bool, what: str, sample_size: int | None = None) -> str:
+    """Name the best variant only if its seeds' range clears every other variant's range and, for a share measured
+    on ``sample_size`` items, the gap also exceeds two standard errors of such a share (at 50%, the widest)."""
     pick = min if lower_is_better else max
     best = pick(groups, key=lambda name: statistics.fmean(groups[name]))
     if len({round(statistics.fmean(v), 6) for v in groups.values()}) == 1:
         return f"Every variant has the same {what}: no difference at all at this size."
+    if sample_size:
+        floor = 2 * math.sqrt(0.25 / sample_size)
+        gap = min(abs(statistics.fmean(groups[best]) - statistics.fmean(v)) for n, v in groups.items() if n != best)
+        side = "lowest" if lower_is_better else "highest"
+        if gap == 0:
+            return f"{best} ties with another variant for the {side} {what}: these runs do not support a conclusion."
+        if gap < floor:
+            return f"{best} has the {side} {what}, but by {gap:.3f}: less than two standard errors of a share of " \
+                   f"{sample_size} items ({floor:.3f}), so within the sampling noise of the held-back set; these " \
+                   "runs do not support a conclusion."  # fmt: skip
     lo, hi = min(groups[best]), max(groups[best])
     clear = all((max(v) < lo) if not lower_is_better else (min(v) > hi) for n, v in groups.items() if n != best)
     if len(groups[best]) < 2:

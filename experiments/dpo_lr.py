@@ -25,12 +25,14 @@ def run(out: Path, scale: Scale) -> Path:
     sft = chat_base(out / "base", scale)
     reports = {(lr, s): train_dpo(out / f"lr_{lr}-s{s}", sft, s, scale, "--learning_rate", lr)
                for lr in RATES for s in scale.seeds}  # fmt: skip
-    after = {lr: [reports[lr, s]["dpo_prefers_chosen"] for s in scale.seeds] for lr in RATES}
-    table = [[lr, spread([reports[lr, s]["reference_prefers_chosen"] for s in scale.seeds]), spread(after[lr]),
+    after = {f"lr {lr}": [reports[lr, s]["dpo_prefers_chosen"] for s in scale.seeds] for lr in RATES}
+    table = [[lr, spread([reports[lr, s]["reference_prefers_chosen"] for s in scale.seeds]), spread(after[f"lr {lr}"]),
               spread([reports[lr, s]["dpo_mean_reward_margin"] for s in scale.seeds]),
               spread([final_loss(out / f"lr_{lr}-s{s}") for s in scale.seeds])] for lr in RATES]  # fmt: skip
     conclusion = (
-        "Held-back preference accuracy: " + verdict(after, False, "preference accuracy after DPO") + "\n\n"
+        "Held-back preference accuracy: "
+        + verdict(after, False, "preference accuracy after DPO", reports[RATES[0], scale.seeds[0]]["heldout_pairs"])
+        + "\n\n"
         "A rate too high drives the training loss to zero (it memorises the training pairs) without helping the "
         "held-back ones; too low leaves the policy where SFT left it (accuracy equal to the SFT column)."
     )

@@ -271,3 +271,15 @@ def test_download_bench_stage_with_a_stub_cli(tmp_path, stub_hf):
     assert set(names) == set(ALL_TASKS)  # what the download leaves is what the task configs read
     again = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
     assert again.stderr.count("already complete, skipping") == 6 and len(calls.read_text().splitlines()) == 6
+
+
+def test_the_eval_report_includes_the_bench_table(tmp_path, bench_run, checkpoints):
+    import mini_qwen_eval
+
+    out, _ = bench_run
+    (tmp_path / "p.txt").write_text("Hello\n")
+    mini_qwen_eval.main(mini_qwen_eval.EvalArguments(
+        model_name_or_path=[str(checkpoints / "pt")], prompts=str(tmp_path / "p.txt"), output_dir=str(tmp_path / "e"),
+        max_new_tokens=2, bench=str(out / "bench.json")))  # fmt: skip
+    report = (tmp_path / "e" / "report.md").read_text()
+    assert report.endswith("# Benchmarks\n\n" + (out / "bench.md").read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 
 from conftest import TINY_SHAPE
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -12,10 +13,14 @@ from demo import demo_dpo, demo_pt, demo_sft, run_all
 
 
 def test_demo_pipeline(tmp_path, monkeypatch, capsys):
-    # The demo tokenizer is trained once into models/mini-tokenizer (reused, like a user's second run).
-    summary = run_all.run(str(tmp_path / "demo"), max_steps=30, prompts=2, logging_steps=5)
+    summary = run_all.run(str(tmp_path / "demo"), max_steps=30, prompts=2, logging_steps=5, work_dir=str(tmp_path))
+    assert (tmp_path / "tokenizer" / "tokenizer.json").is_file() and any((tmp_path / "cache").iterdir())
     out = capsys.readouterr().out
+    host = socket.gethostname()
     for stage in ("pt", "sft", "dpo"):
+        # Nothing in the folder a user would share names the machine (TensorBoard's files do: they live next to it).
+        assert not [p for p in (tmp_path / "demo" / stage).rglob("*") if host in p.name]
+        assert list((tmp_path / "demo" / "runs").glob(f"{stage}-*/events.out.tfevents.*"))
         values = summary["losses"][stage]
         assert len(values) >= 2 and values[-1] < values[0], (stage, values)
         model = AutoModelForCausalLM.from_pretrained(tmp_path / "demo" / stage)
@@ -29,11 +34,15 @@ def test_demo_pipeline(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "demo" / "dpo" / "preference_report.md").is_file()
 
 
-def test_t4_recipes_chain_on_cpu_with_their_fallbacks(tmp_path, small_tokenizer_dir, caplog):
+def test_t4_recipes_chain_on_cpu_with_their_fallbacks(tmp_path, small_tokenizer_dir, caplog, monkeypatch):
     """The T4 recipe set runs PT -> SFT -> DPO as written (seq 128, precomputed DPO reference), shrunk to a tiny
     model with the small tokenizer here (test_args and test_hardware cover the recipes' 1B shape and Qwen
     tokenizer); on a CPU its fp16 and 8-bit AdamW fall back with one log line each."""
-    root, steps = tmp_path / "t4", ["--max_steps", "3", "--logging_steps", "1"]
+    import utils.hardware
+
+    # A CPU without bitsandbytes, also on a machine that has a GPU or the package.
+    monkeypatch.setattr(utils.hardware, "installed", lambda package: package != "bitsandbytes")
+    root, steps = tmp_path / "t4", ["--max_steps", "3", "--logging_steps", "1", "--use_cpu", "true"]
     caplog.set_level(logging.INFO)
     small = ["--tokenizer_name_or_path", str(small_tokenizer_dir), "--vocab_size", "1024", *TINY_SHAPE]
     pt = demo_pt.run(["--output_dir", str(root / "pt"), "--cache_dir", str(tmp_path / "cache"), *small, *steps], "t4")

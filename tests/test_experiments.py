@@ -52,7 +52,8 @@ def table_rows(report: str) -> list[list[str]]:
 ])  # fmt: skip
 def test_pt_experiments_run_end_to_end(tmp_path, monkeypatch, name, variants, figure):
     monkeypatch.chdir(ROOT)
-    report = experiment_main([name, "--scale", "ci", "--output_root", str(tmp_path)]).read_text(encoding="utf-8")
+    argv = [name, "--scale", "ci", "--output_root", str(tmp_path), "--work_dir", str(tmp_path / "work")]
+    report = experiment_main(argv).read_text(encoding="utf-8")  # nothing is written into the checkout
     rows = table_rows(report)
     assert [r[0] for r in rows] == variants
     assert all(re.fullmatch(r"\d+\.\d{3}", cell) for row in rows for cell in row[1:])  # measured, one seed
@@ -67,7 +68,8 @@ def test_pt_experiments_run_end_to_end(tmp_path, monkeypatch, name, variants, fi
 )
 def test_dpo_experiments_run_end_to_end(tmp_path, monkeypatch, name, variants):
     monkeypatch.chdir(ROOT)
-    report = experiment_main([name, "--scale", "ci", "--output_root", str(tmp_path)]).read_text(encoding="utf-8")
+    argv = [name, "--scale", "ci", "--output_root", str(tmp_path), "--work_dir", str(tmp_path / "work")]
+    report = experiment_main(argv).read_text(encoding="utf-8")  # nothing is written into the checkout
     rows = table_rows(report)
     assert [r[0] for r in rows] == variants
     runs = sorted(p for p in (tmp_path / name).iterdir() if (p / "preference_report.json").is_file())

@@ -9,7 +9,8 @@ import re
 import pytest
 from conftest import ROOT
 
-PROJECT_MODULES = ("utils", "benchmarks", "demo", "mini_qwen_pt", "mini_qwen_sft", "mini_qwen_dpo", "mini_qwen_eval")
+PROJECT_MODULES = ("utils", "benchmarks", "demo", "experiments", "mini_qwen_pt", "mini_qwen_sft", "mini_qwen_dpo",
+                   "mini_qwen_eval")  # fmt: skip
 
 
 def python_files(*folders: str):
@@ -33,7 +34,8 @@ def test_utils_modules_stay_small(path):
 
 
 def test_no_private_name_is_imported_from_another_module():
-    code = python_files("utils", "benchmarks", "demo", *(f"{m}.py" for m in PROJECT_MODULES if m.startswith("mini")))
+    code = python_files("utils", "benchmarks", "demo", "experiments",
+                        *(f"{m}.py" for m in PROJECT_MODULES if m.startswith("mini")))  # fmt: skip
     private = [(path.relative_to(ROOT).as_posix(), module, name) for path in code for module, name in imports(path)
                if name and name.startswith("_") and module.split(".")[0] in PROJECT_MODULES]  # fmt: skip
     assert private == []

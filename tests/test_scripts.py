@@ -36,7 +36,8 @@ def stub_venv(tmp_path):
         record = f"open({str(calls)!r}, 'a').write(json.dumps([{name!r}, *sys.argv[1:]]) + '\\n')\n"
         stub.write_text(f"#!{sys.executable}\nimport json, sys\n{record}")
         stub.chmod(0o755)
-    (venv / ".mini_qwen_requirements").write_text((ROOT / "requirements.txt").read_text())  # installed already
+    for name in ("requirements", "requirements-serve", "requirements-export", "requirements-bench"):  # installed
+        (venv / f".mini_qwen_{name}").write_text((ROOT / f"{name}.txt").read_text())
 
     def run(*args, **env):
         calls.unlink(missing_ok=True)
@@ -67,12 +68,21 @@ def test_setup_then_each_mode_runs_its_own_command(stub_venv):
         ("eval", "--model_name_or_path", "results/dpo"): ["mini_qwen_eval.py", "--model_name_or_path", "results/dpo"],
         ("demo", "--max_steps", "2"): ["-m", "demo.run_all", "--max_steps", "2"],
         ("test", "-k", "x"): ["-m", "pytest", "-q", "--durations=10", "tests", "-k", "x"],
+        ("bench", "--data_dir", "mini_data/bench"): ["-m", "utils.bench", "--data_dir", "mini_data/bench"],
+        ("experiment", "packing"): ["-m", "experiments", "packing"],
+        ("serve", "--model_name_or_path", "m"): ["-m", "utils.serve", "--model_name_or_path", "m"],
+        ("web", "--model_name_or_path", "m"): ["-m", "utils.chat_launcher", "--model_name_or_path", "m"],
+        ("export", "--gguf", "m"): ["-m", "utils.export", "--gguf", "m"],
     }  # fmt: skip
     for args, command in expected.items():
         _, calls = stub_venv(*args)
         assert calls[-1] == ["python", *command], args
     _, calls = stub_venv("pt", CONFIG="configs/pt_24gb.yaml")
     assert calls[-1] == ["python", "mini_qwen_pt.py", "--config", "configs/pt_24gb.yaml"]
+    # The tests need the transformers 4.x side folder and llama.cpp's converter, installed before pytest runs.
+    _, calls = stub_venv("test")
+    assert ["python", "-m", "utils.portable", "--install_transformers4"] in calls
+    assert ["python", "-m", "utils.export", "--install_converter"] in calls
 
 
 def test_many_gpus_and_machines_launch_through_accelerate(stub_venv):

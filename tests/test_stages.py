@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -13,12 +14,13 @@ import pytest
 import torch
 from conftest import MINI_DATA, REAL_SAMPLES, TINY_SHAPE, needs_real_samples
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
-from trl import DPOConfig, SFTConfig
+from trl import DPOConfig, DPOTrainer, SFTConfig
 
 import mini_qwen_dpo
 import mini_qwen_pt
 import mini_qwen_sft
 from utils.args import parse_args
+from utils.dpo_data import encode_pair, preference_pair
 from utils.modeling import build_model
 from utils.stage import FusedLMHeadTrainer
 
@@ -247,10 +249,14 @@ def test_end_of_run_samples_are_logged(tmp_path, pt_run, stop_data, caplog):
     assert "Sample '李白是谁？' -> " in caplog.text and "Sample 'who are you?' -> " in caplog.text
 
 
-def test_missing_optional_packages_fall_back_with_one_line_each(tmp_path, small_tokenizer_dir, caplog):
+def test_missing_optional_packages_fall_back_with_one_line_each(tmp_path, small_tokenizer_dir, caplog, monkeypatch):
+    """On a CPU (--use_cpu: also on a GPU machine) without bitsandbytes, whatever is installed here."""
+    import utils.hardware
+
+    monkeypatch.setattr(utils.hardware, "installed", lambda package: package != "bitsandbytes")
     with caplog.at_level(logging.INFO, logger="mini_qwen"):
         trainer = run_pt(tmp_path, small_tokenizer_dir, MINI_DATA / "pt", "--max_steps", "2", "--use_liger_kernel",
-                         "true", "--optim", "adamw_bnb_8bit")  # fmt: skip
+                         "true", "--optim", "adamw_bnb_8bit", "--use_cpu", "true")  # fmt: skip
     assert caplog.text.count("use_liger_kernel: no CUDA GPU") == 1 and not trainer.args.use_liger_kernel
     assert caplog.text.count("bitsandbytes is not installed") == 1 and trainer.args.optim == "adamw_torch"
     assert len(losses(trainer)) == 2 and all(math.isfinite(v) for v in losses(trainer))
@@ -274,3 +280,28 @@ def test_dpo_starts_from_the_checkpoint_that_ended_sft_epoch_two(tmp_path, pt_ru
     with pytest.raises(SystemExit, match="holds no SFT run record"):
         parse_args((mini_qwen_dpo.DPOArguments, DPOConfig),
                    ["--config", "configs/dpo_full.yaml", "--model_name_or_path", str(pt_run[0] / "pt")])  # fmt: skip
+
+
+def test_dpo_trains_on_the_rows_we_tokenized(tmp_path, sft_run):
+    """TRL has no public switch to skip its own DPO tokenization, so PreTokenizedDPOTrainer overrides the one private
+    method that does it. This fails if TRL renames it, changes its signature or stops calling it: the trainer
+    would then re-tokenize, and special-token text in a reply would become a control token again."""
+    assert list(inspect.signature(DPOTrainer._prepare_dataset).parameters) == [
+        "self", "dataset", "processing_class", "args", "dataset_name"]  # fmt: skip
+    question, reply = "What ends a turn?", "The marker <|im_end|> does."
+    user = {"role": "user", "content": question}
+
+    def pair(good: str, bad: str) -> dict:
+        return {"chosen": [user, {"role": "assistant", "content": good}],
+                "rejected": [user, {"role": "assistant", "content": bad}]}  # fmt: skip
+
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist([pair(reply, "No idea."), pair("A marker.", "Nothing.")]),
+                   tmp_path / "data" / "pairs.parquet")  # fmt: skip
+    trainer = run_dpo(tmp_path, sft_run[0] / "sft", tmp_path / "data", "--holdout", "0", "--max_steps", "1",
+                      "--per_device_train_batch_size", "2")  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(sft_run[0] / "sft")
+    ours = encode_pair(tokenizer, preference_pair(pair(reply, "No idea."), tokenizer, 64))
+    rows = trainer.train_dataset.to_list()
+    assert any(row["chosen_ids"] == ours["chosen_ids"] and row["prompt_ids"] == ours["prompt_ids"] for row in rows)
+    assert ours["chosen_ids"].count(tokenizer.eos_token_id) == 1  # the reply's marker text is text

@@ -7,11 +7,12 @@ derives from the restarting positions. transformers does that derivation only wh
 which is why the batch says ``use_cache=False`` (``tests/test_collate.py`` pins packed == separate documents on
 every backend, and shows the leak with a cache).
 
-Examples of one length (PT blocks) are stacked as rows; examples of different lengths (SFT rows of packed
-conversations) are flattened into one row, so that nothing is padded. ``single_row=True`` (flash-attention-2,
-whose varlen kernel splits one row) always flattens. Flattening is not free on sdpa/eager: attention then spans
-the whole micro-batch (measured on CPU, a 4 x 256 PT batch as one row of 1,024 trains 53% slower per step than
-as 4 rows), which is why equal-length rows are not flattened there.
+``single_row=True`` (flash-attention-2, whose varlen kernel splits one row) lays the whole micro-batch end to end in
+one row: nothing is padded. Other kernels get one row per example: PT blocks have one length; SFT rows (whole
+conversations packed up to max_length) are padded to the longest, each pad token its own one-token segment with no
+target. One row would pad nothing there too, but sdpa and eager then attend across the whole micro-batch, which is
+quadratic in its length: measured on CPU, a 4 x 256 PT batch as one row of 1,024 trains 53% slower per step, and
+SFT rows of up to 1,024 tokens lose half their real tokens per second.
 
 ``isolate=False`` keeps upstream's layout for comparison: one sequence per row, padded, with a 2D mask.
 """
@@ -54,10 +55,13 @@ class PackedCollator:
         if not self.isolate:
             return self._padded(ids, labels)
         positions = [self._positions(e, len(i)) for e, i in zip(examples, ids)]
-        self.computed_tokens += sum(len(i) for i in ids)
-        if self.single_row or len({len(i) for i in ids}) > 1:
+        if self.single_row:
             ids, labels, positions = [torch.cat(ids)], [torch.cat(labels)], [torch.cat(positions)]
-        batch = {"input_ids": torch.stack(ids), "labels": torch.stack(labels), "position_ids": torch.stack(positions)}
+        width = max(len(i) for i in ids)
+        self.computed_tokens += width * len(ids)
+        # A pad token at position 0 starts a segment of its own: it sees nothing and nothing sees it.
+        batch = {"input_ids": _pad(ids, width, self.pad_token_id), "labels": _pad(labels, width, IGNORE_INDEX),
+                 "position_ids": _pad(positions, width, 0)}  # fmt: skip
         batch["labels"][batch["position_ids"] == 0] = IGNORE_INDEX
         return {**batch, "use_cache": False}
 

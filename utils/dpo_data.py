@@ -123,7 +123,7 @@ class PreTokenizedDPOTrainer(DPOTrainer):
     """TRL's DPOTrainer on rows that ``load_preference_pairs`` already tokenized and filtered.
 
     TRL 1.16 has no public switch to skip its own tokenization (SFT has ``skip_prepare_dataset``), so this
-    overrides the one private method that does it; ``tests/test_dpo.py`` fails if TRL renames it or stops
+    overrides the one private method that does it; ``tests/test_stages.py`` fails if TRL renames it or stops
     calling it."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):

@@ -10,6 +10,7 @@ a fingerprint of the input files, the tokenizer and the settings, not a hash of 
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 import pyarrow.compute as pc
 from datasets import Dataset
@@ -25,9 +26,15 @@ logger = logging.getLogger("mini_qwen")
 SFT_CACHE_VERSION = 2
 
 
+@lru_cache(maxsize=2)
+def _worker_tokenizer(tokenizer_dir: str):
+    """One tokenizer per process: datasets calls the generator once per file (shard), and loading costs ~1 s."""
+    return load_tokenizer(tokenizer_dir)
+
+
 def _sft_rows(files: list[str], tokenizer_dir: str, max_length: int | None, default_system_prompt: str | None):
     """One output row per input row: tokenized, or empty with the reason it is skipped."""
-    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer = _worker_tokenizer(tokenizer_dir)
     for path, row, record in read_rows(files, ["conversations"]):
         try:
             if record is None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -40,7 +42,12 @@ logger = logging.getLogger("mini_qwen")
 
 def setup_logging(args: TrainingArguments, notes: list[tuple[int, str]] = ()) -> None:
     """INFO on the main process, warnings only on the others, so multi-GPU logs stay readable; then the lines
-    of what was settled before the arguments were built (precision, attention, fallbacks)."""
+    of what was settled before the arguments were built (precision, attention, fallbacks).
+
+    TensorBoard writes next to the output folder, not into it (``results/runs/<name>-<time>`` for
+    ``results/<name>``): its folder and file names carry the host name, which a published model should not."""
+    out = Path(args.output_dir)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out.parent / "runs" / f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     level = logging.INFO if args.process_index == 0 else logging.WARNING
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # Our loggers get the level, not the root: a host that configured logging (a notebook, pytest) keeps its own.
