@@ -20,11 +20,9 @@ start from a chosen epoch.
 
 from __future__ import annotations
 
-import json
 import logging
 from argparse import Namespace
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 from transformers import TrainerCallback
@@ -36,7 +34,7 @@ from utils.callbacks import RealTokenShareCallback
 from utils.collate import PackedCollator
 from utils.data import DataError
 from utils.modeling import load_causal_lm
-from utils.run_info import RUN_INFO_FILE
+from utils.run_info import record_in_run_info
 from utils.sft_data import load_sft_dataset
 from utils.stage import finish, log_batch_geometry, setup_logging, train_and_save
 from utils.stage_args import StageArguments
@@ -82,10 +80,8 @@ class EpochCheckpointCallback(TrainerCallback):
         epoch = round(state.epoch or 0)
         if not args.should_save or abs((state.epoch or 0) - epoch) > 1e-6 or epoch == 0:
             return
-        info_file = Path(args.output_dir) / RUN_INFO_FILE
-        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-        info.setdefault("epoch_checkpoints", {})[str(epoch)] = f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        info_file.write_text(json.dumps(info, indent=2, ensure_ascii=False))
+        checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        record_in_run_info(args.output_dir, "epoch_checkpoints", str(epoch), checkpoint)
 
 
 def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:

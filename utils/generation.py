@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
 from utils.chat import prompt_ids
-from utils.run_info import RUN_INFO_FILE
+from utils.run_info import read_run_info
 
 # The sampling defaults every saved checkpoint carries (Qwen2.5's own settings): sampling rather than greedy,
 # which loops on small models, and a mild repetition penalty. Greedy stays one flag away (--do_sample false).
@@ -53,10 +51,7 @@ def default_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationC
 
 def is_chat_checkpoint(path: str) -> bool:
     """A PT checkpoint continues raw text; SFT/DPO checkpoints (and foreign ones) are chat models."""
-    info = Path(path) / RUN_INFO_FILE
-    if info.is_file():
-        return json.loads(info.read_text()).get("stage") != "pt"
-    return True
+    return (read_run_info(path) or {}).get("stage") != "pt"
 
 
 def build_generation_config(model: PreTrainedModel, **overrides) -> GenerationConfig:

@@ -98,7 +98,19 @@ def write_run_info(
         **as_jsonable(facts),
         **{key: previous[key] for key in carry_over if key in previous},
     }
-    path = out / RUN_INFO_FILE
+    return _write(out, info)
+
+
+def record_in_run_info(folder: str | Path, key: str, subkey: str, value: Any) -> Path:
+    """Set ``info[key][subkey] = value`` in the run info in ``folder`` (created if there is none)."""
+    info = read_run_info(folder) or {}
+    info.setdefault(key, {})[subkey] = value
+    return _write(Path(folder), info)
+
+
+def _write(folder: Path, info: dict) -> Path:
+    """Replace the record in one step, so a kill mid-write leaves the old record, never half of one."""
+    path = folder / RUN_INFO_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False))
     os.replace(tmp, path)
