@@ -27,17 +27,17 @@ from pathlib import Path
 
 from trl import DPOConfig
 
-from utils.args import parse_args
-from utils.data import DataError
-from utils.dpo_data import PreTokenizedDPOTrainer, as_dataset, load_preference_pairs, split_holdout
+from utils.data.dpo import PreTokenizedDPOTrainer, as_dataset, load_preference_pairs, split_holdout
+from utils.data.parquet import DataError
 from utils.evaluation import preference_report, write_preference_report
 from utils.modeling import load_causal_lm
 from utils.run_info import read_run_info
-from utils.stage import finish, log_batch_geometry, setup_logging, train_and_save
-from utils.stage_args import StageArguments
 from utils.tokenizer import load_tokenizer
+from utils.train.args import parse_args
+from utils.train.stage import finish, log_batch_geometry, setup_logging, train_and_save
+from utils.train.stage_args import StageArguments
 
-logger = logging.getLogger("mini_qwen")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,60 +65,85 @@ class DPOArguments(StageArguments):
     @classmethod
     def validate(cls, ns: Namespace) -> None:
         if ns.max_length is not None and ns.max_prompt_length >= ns.max_length:
-            raise ValueError(f"max_prompt_length={ns.max_prompt_length} must be smaller than max_length="
-                             f"{ns.max_length}: nothing of the replies would be left to train on")  # fmt: skip
+            raise ValueError(
+                f"max_prompt_length={ns.max_prompt_length} must be smaller than max_length="
+                f"{ns.max_length}: nothing of the replies would be left to train on"
+            )
         if ns.beta <= 0:
             raise ValueError(f"beta must be positive, got {ns.beta}")
         if ns.sft_epoch:
-            ns.model_name_or_path = epoch_checkpoint(ns.model_name_or_path, ns.sft_epoch)
-            ns.sft_epoch = 0  # resolved: model_name_or_path now names the checkpoint
+            epoch_checkpoint(ns.model_name_or_path, ns.sft_epoch)  # fails now, naming the problem, not after loading
 
 
 def epoch_checkpoint(sft_dir: str, epoch: int) -> str:
     """The checkpoint that ended SFT epoch ``epoch``, from the SFT run's record."""
     info = read_run_info(sft_dir)
     if info is None or info.get("stage") != "sft":
-        raise ValueError(f"--sft_epoch {epoch}: {sft_dir} holds no SFT run record (run_info.json); pass the "
-                         "checkpoint folder as --model_name_or_path with --sft_epoch 0")  # fmt: skip
+        raise ValueError(
+            f"--sft_epoch {epoch}: {sft_dir} holds no SFT run record (run_info.json); pass the "
+            "checkpoint folder as --model_name_or_path with --sft_epoch 0"
+        )
     recorded = info.get("epoch_checkpoints", {})
     if str(epoch) not in recorded:
         epochs = sorted(recorded, key=int) or "none"
-        raise ValueError(f"--sft_epoch {epoch}: the SFT run in {sft_dir} recorded checkpoints for epochs {epochs} "
-                         "(save_strategy epoch keeps one per epoch)")  # fmt: skip
+        raise ValueError(
+            f"--sft_epoch {epoch}: the SFT run in {sft_dir} recorded checkpoints for epochs {epochs} "
+            "(save_strategy epoch keeps one per epoch)"
+        )
     path = Path(sft_dir) / recorded[str(epoch)]
     if not path.is_dir():
         raise ValueError(f"--sft_epoch {epoch}: {path} was recorded but no longer exists")
     return str(path)
 
 
+def start_checkpoint(script_args: DPOArguments) -> str:
+    """The folder policy and reference are loaded from: the SFT epoch's checkpoint, or model_name_or_path."""
+    if script_args.sft_epoch:
+        return epoch_checkpoint(script_args.model_name_or_path, script_args.sft_epoch)
+    return script_args.model_name_or_path
+
+
 def main(script_args: DPOArguments, training_args: DPOConfig) -> PreTokenizedDPOTrainer:
     setup_logging(training_args, script_args.settled_notes)
-    logger.info("Policy and reference: %s", script_args.model_name_or_path)
-    tokenizer = load_tokenizer(script_args.model_name_or_path)
-    rows, summary = load_preference_pairs(script_args.data_dir, tokenizer, script_args.max_prompt_length,
-                                          training_args.max_length)  # fmt: skip
+    start = start_checkpoint(script_args)
+    logger.info("Policy and reference: %s", start)
+    tokenizer = load_tokenizer(start)
+    rows, summary = load_preference_pairs(
+        script_args.data_dir, tokenizer, script_args.max_prompt_length, training_args.max_length
+    )
     if not rows:
         raise DataError(f"No usable preference pair under {script_args.data_dir}: skipped {summary['skipped']}")
     train_rows, heldout_rows = split_holdout(rows, script_args.holdout, training_args.seed)
     summary.update(train=len(train_rows), heldout=len(heldout_rows))
     logger.info("DPO data: %d pairs for training, %d held out", len(train_rows), len(heldout_rows))
 
-    model = load_causal_lm(script_args.model_name_or_path, script_args.attn_implementation)
+    model = load_causal_lm(start, script_args.attn_implementation)
     global_batch = log_batch_geometry(training_args)
     trainer = PreTokenizedDPOTrainer(
         model=model, args=training_args, train_dataset=as_dataset(train_rows), processing_class=tokenizer
     )
-    train_and_save(trainer, tokenizer, "dpo", script_args, data_summary=summary, global_batch_size=global_batch)
+    train_and_save(
+        trainer,
+        tokenizer,
+        "dpo",
+        script_args,
+        data_summary=summary,
+        global_batch_size=global_batch,
+        start_checkpoint=start,
+    )
 
     if heldout_rows and trainer.is_world_process_zero():
         attn, device = script_args.attn_implementation, trainer.args.device
         policy = load_causal_lm(training_args.output_dir, attn).to(device).eval()
-        reference = load_causal_lm(script_args.model_name_or_path, attn).to(device).eval()
+        reference = load_causal_lm(start, attn).to(device).eval()
         report = preference_report(policy, reference, heldout_rows, training_args.beta, training_args.max_length)
         write_preference_report(report, training_args.output_dir)
-        logger.info("Held-out pairs: SFT prefers chosen %.1f%%, DPO %.1f%%; mean reward margin %.4f",
-                    100 * report["reference_prefers_chosen"], 100 * report["dpo_prefers_chosen"],
-                    report["dpo_mean_reward_margin"])  # fmt: skip
+        logger.info(
+            "Held-out pairs: SFT prefers chosen %.1f%%, DPO %.1f%%; mean reward margin %.4f",
+            100 * report["reference_prefers_chosen"],
+            100 * report["dpo_prefers_chosen"],
+            report["dpo_mean_reward_margin"],
+        )
     finish(trainer)
     return trainer
 

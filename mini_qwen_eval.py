@@ -28,9 +28,8 @@ from pathlib import Path
 
 import torch
 
-from utils.args import parse_args
-from utils.data import DataError, find_parquet_files, read_rows
-from utils.evaluation import distinct_n, perplexity_and_bpb, repeated_ngram_share, text_nll
+from utils.data.parquet import DataError, find_parquet_files, read_rows
+from utils.evaluation import bench_table_markdown, distinct_n, perplexity_and_bpb, repeated_ngram_share, text_nll
 from utils.generation import (
     SAMPLING_KEYS,
     CollectingStreamer,
@@ -39,11 +38,18 @@ from utils.generation import (
     is_chat_checkpoint,
     unescape,
 )
-from utils.hardware import ATTENTION_CHOICES, detect_hardware, inference_dtype, select_attn_implementation
 from utils.modeling import load_causal_lm
 from utils.tokenizer import load_tokenizer
+from utils.train.args import parse_args
+from utils.train.hardware import (
+    ATTENTION_CHOICES,
+    detect_hardware,
+    inference_dtype,
+    resolve_device,
+    select_attn_implementation,
+)
 
-logger = logging.getLogger("mini_qwen")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,8 +90,9 @@ class EvalArguments:
     bench: str | None = field(
         default=None, metadata={"help": "Batch mode: a bench.json (bash run.sh bench) whose table report.md includes."}
     )
-    attn_implementation: str = field(default="auto", metadata={"help": "Attention kernel.",
-                                                               "choices": list(ATTENTION_CHOICES)})  # fmt: skip
+    attn_implementation: str = field(
+        default="auto", metadata={"help": "Attention kernel.", "choices": list(ATTENTION_CHOICES)}
+    )
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda."})
 
     def sampling(self) -> dict:
@@ -93,7 +100,7 @@ class EvalArguments:
 
 
 def load(path: str, args: EvalArguments):
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     attn, _ = select_attn_implementation(args.attn_implementation, detect_hardware(use_cpu=device == "cpu"))
     model = load_causal_lm(path, attn, inference_dtype(device)).to(device).eval()
     chat = {"chat": True, "raw": False}.get(args.mode, is_chat_checkpoint(path))
@@ -120,8 +127,9 @@ def _jsonl_strings(file: Path, key: str) -> list[str]:
         try:
             value = json.loads(line)[key]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DataError(f"{file}, line {n}: expected a JSON object with a string {key!r} "
-                            f"({type(err).__name__}: {err})") from err  # fmt: skip
+            raise DataError(
+                f"{file}, line {n}: expected a JSON object with a string {key!r} ({type(err).__name__}: {err})"
+            ) from err
         if not isinstance(value, str):
             raise DataError(f"{file}, line {n}: {key!r} is {type(value).__name__}, not a string")
         try:
@@ -154,8 +162,11 @@ def read_eval_texts(path: str) -> list[str]:
     elif file.suffix == ".jsonl":
         texts = _jsonl_strings(file, "text")
     else:
-        texts = [r["text"] for _, _, r in read_rows(find_parquet_files(path), ["text"])
-                 if r is not None and isinstance(r["text"], str)]  # fmt: skip
+        texts = [
+            r["text"]
+            for _, _, r in read_rows(find_parquet_files(path), ["text"])
+            if r is not None and isinstance(r["text"], str)
+        ]
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise DataError(f"{path}: no text to score")
@@ -218,8 +229,6 @@ def batch(args: EvalArguments) -> list[dict]:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     report = render_report(prompts, rows, metrics, columns)
     if args.bench:
-        from utils.bench import bench_table_markdown
-
         report += "\n# Benchmarks\n\n" + bench_table_markdown(args.bench)
     (out / "report.md").write_text(report, encoding="utf-8")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))

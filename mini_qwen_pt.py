@@ -28,18 +28,18 @@ from dataclasses import dataclass, field
 
 from transformers import Trainer, TrainingArguments, set_seed
 
-from utils.args import parse_args
-from utils.callbacks import RealTokenShareCallback
-from utils.collate import PackedCollator
-from utils.data import find_parquet_files
+from utils.data.collate import LAYOUT_HELP, LAYOUTS, PackedCollator
+from utils.data.parquet import find_parquet_files
+from utils.data.pt import pt_dataset
+from utils.data.token_cache import build_token_cache
 from utils.modeling import ModelShapeArguments, build_model, check_block_size
-from utils.pt_data import PT_LAYOUTS, pt_dataset
-from utils.stage import FusedLMHeadTrainer, finish, log_batch_geometry, setup_logging, train_and_save
-from utils.stage_args import StageArguments
-from utils.token_cache import build_token_cache
 from utils.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
+from utils.train.args import parse_args
+from utils.train.callbacks import RealTokenShareCallback
+from utils.train.stage import FusedLMHeadTrainer, finish, log_batch_geometry, setup_logging, train_and_save
+from utils.train.stage_args import StageArguments
 
-logger = logging.getLogger("mini_qwen")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,15 +57,7 @@ class PTArguments(ModelShapeArguments, StageArguments):
     )
     cache_dir: str = field(default="cache/pt", metadata={"help": "Where tokenized corpora are cached."})
     block_size: int = field(default=1024, metadata={"help": "Tokens per training sequence."})
-    layout: str = field(
-        default="isolated",
-        metadata={
-            "help": "isolated: documents packed into blocks, each attending only to itself; cross_document: packed, "
-            "attending across documents (upstream); one_per_row: one document per row, cut and padded (upstream's "
-            "conventional layout). The last two exist for comparison (bash run.sh experiment packing).",
-            "choices": list(PT_LAYOUTS),
-        },
-    )
+    layout: str = field(default="isolated", metadata={"help": LAYOUT_HELP, "choices": list(LAYOUTS)})
     data_fraction: float = field(
         default=1.0, metadata={"help": "Train on the first share of the blocks (or documents): 0.25, 0.5, 1."}
     )
@@ -96,23 +88,42 @@ def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
     logger.info("Found %d parquet files under %s", len(files), script_args.data_dir)
     # Tokenize on the main process only; the others wait here and then open the same cache.
     with training_args.main_process_first(desc="tokenize and pack"):
-        cache = build_token_cache(files, script_args.data_dir, tokenizer, script_args.tokenizer_name_or_path,
-                                  script_args.cache_dir, script_args.num_proc)  # fmt: skip
+        cache = build_token_cache(
+            files,
+            script_args.data_dir,
+            tokenizer,
+            script_args.tokenizer_name_or_path,
+            script_args.cache_dir,
+            script_args.num_proc,
+        )
     dataset = pt_dataset(cache, script_args.block_size, script_args.layout, script_args.data_fraction)
-    logger.info("Layout %s: %d examples of up to %d tokens (data_fraction %s); %d tokens are not used",
-                script_args.layout, len(dataset), script_args.block_size, script_args.data_fraction,
-                dataset.dropped_tokens)  # fmt: skip
+    logger.info(
+        "Layout %s: %d examples of up to %d tokens (data_fraction %s); %d tokens are not used",
+        script_args.layout,
+        len(dataset),
+        script_args.block_size,
+        script_args.data_fraction,
+        dataset.dropped_tokens,
+    )
 
     set_seed(training_args.seed)  # the random init is part of the run: same seed, same weights
-    model = build_model(script_args, attn_implementation=script_args.attn_implementation, bos_token_id=None,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    model = build_model(
+        script_args,
+        attn_implementation=script_args.attn_implementation,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"vocab_size={model.config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
     global_batch = log_batch_geometry(training_args, script_args.block_size)
 
     trainer_cls = FusedLMHeadTrainer if script_args.fused_lm_head == "true" else Trainer
-    collator = PackedCollator(tokenizer.pad_token_id, isolate=script_args.layout != "one_per_row",
-                              single_row=script_args.attn_implementation == "flash_attention_2")  # fmt: skip
+    collator = PackedCollator(
+        tokenizer.pad_token_id,
+        isolate=script_args.layout != "one_per_row",
+        single_row=script_args.attn_implementation == "flash_attention_2",
+    )
     trainer = trainer_cls(
         model=model,
         args=training_args,

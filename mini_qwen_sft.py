@@ -12,8 +12,8 @@ Demo on the bundled data (after the demo PT run)::
 
     python mini_qwen_sft.py --config configs/sft_demo.yaml
 
-Each Infinity-Instruct row becomes one tokenized conversation (``utils/sft_data.py``); conversations are packed
-several to a row (``packing_mode isolated``), each attending only to itself (``utils/collate.py``). At the end
+Each Infinity-Instruct row becomes one tokenized conversation (``utils/data/sft.py``); conversations are packed
+several to a row (``layout isolated``), each attending only to itself (``utils/data/collate.py``). At the end
 of every epoch ``run_info.json`` records which checkpoint closed it (``epoch_checkpoints``), so that DPO can
 start from a chosen epoch.
 """
@@ -29,18 +29,18 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer, pack_dataset
 
-from utils.args import parse_args
-from utils.callbacks import RealTokenShareCallback
-from utils.collate import PackedCollator
-from utils.data import DataError
+from utils.data.collate import LAYOUT_HELP, LAYOUTS, PackedCollator
+from utils.data.parquet import DataError
+from utils.data.sft import load_sft_dataset
 from utils.modeling import load_causal_lm
 from utils.run_info import record_in_run_info
-from utils.sft_data import load_sft_dataset
-from utils.stage import finish, log_batch_geometry, setup_logging, train_and_save
-from utils.stage_args import StageArguments
 from utils.tokenizer import load_tokenizer
+from utils.train.args import parse_args
+from utils.train.callbacks import RealTokenShareCallback
+from utils.train.stage import finish, log_batch_geometry, setup_logging, train_and_save
+from utils.train.stage_args import StageArguments
 
-logger = logging.getLogger("mini_qwen")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,24 +53,22 @@ class SFTArguments(StageArguments):
         default=None,
         metadata={"help": "System prompt added to conversations that have none (off: most data has none)."},
     )
-    packing_mode: str = field(
-        default="isolated",
-        metadata={
-            "help": "isolated: several conversations per row, each attending only to itself (fast); "
-            "padded: one conversation per row, padded (upstream's layout, for comparison).",
-            "choices": ["isolated", "padded"],
-        },
-    )
+    layout: str = field(default="isolated", metadata={"help": LAYOUT_HELP, "choices": list(LAYOUTS)})
     cache_dir: str = field(default="cache/sft", metadata={"help": "Where tokenized conversations are cached."})
 
     # Rows are already tokenized, labelled and packed: TRL's own preparation would only redo it.
-    TRAINING_OVERRIDES: ClassVar[dict] = {"dataset_kwargs": {"skip_prepare_dataset": True},
-                                          "remove_unused_columns": False}  # fmt: skip
+    TRAINING_OVERRIDES: ClassVar[dict] = {
+        "dataset_kwargs": {"skip_prepare_dataset": True},
+        "remove_unused_columns": False,
+    }
+
+    # The name this choice had before it was the same word as PT's; accepted for one more release.
+    RENAMED: ClassVar[dict] = {"packing_mode": ("layout", {"padded": "one_per_row"})}
 
     @classmethod
     def validate(cls, ns: Namespace) -> None:
         if ns.packing or ns.padding_free:
-            raise ValueError("use --packing_mode isolated|padded; TRL's packing/padding_free flags are managed here")
+            raise ValueError(f"use --layout ({', '.join(LAYOUTS)}); TRL's packing/padding_free flags are managed here")
 
 
 class EpochCheckpointCallback(TrainerCallback):
@@ -88,23 +86,38 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
     setup_logging(training_args, script_args.settled_notes)
     tokenizer = load_tokenizer(script_args.model_name_or_path)
     with training_args.main_process_first(desc="tokenize conversations"):
-        dataset, summary = load_sft_dataset(script_args.data_dir, script_args.model_name_or_path,
-                                            training_args.max_length, script_args.default_system_prompt,
-                                            training_args.dataset_num_proc or 1, script_args.cache_dir,
-                                            tokenizer)  # fmt: skip
+        dataset, summary = load_sft_dataset(
+            script_args.data_dir,
+            script_args.model_name_or_path,
+            training_args.max_length,
+            script_args.default_system_prompt,
+            training_args.dataset_num_proc or 1,
+            script_args.cache_dir,
+            tokenizer,
+        )
     if len(dataset) == 0:
         raise DataError(f"No usable conversation under {script_args.data_dir}: skipped {summary['skipped']}")
-    if script_args.packing_mode == "isolated":
+    if script_args.layout != "one_per_row":
         # Best-fit-decreasing: whole conversations into rows of at most max_length, none cut. Shuffled
         # first so that a row mixes conversations from every file.
         dataset = pack_dataset(dataset.shuffle(seed=training_args.seed), training_args.max_length, "bfd")
-        logger.info("Packed %d conversations into %d rows of at most %d tokens", summary["kept"], len(dataset),
-                    training_args.max_length)  # fmt: skip
+        if script_args.layout == "cross_document":
+            # Without the lengths the collator sees one sequence per row: conversations attend to earlier ones.
+            dataset = dataset.remove_columns("seq_lengths")
+        logger.info(
+            "Packed %d conversations into %d rows of at most %d tokens",
+            summary["kept"],
+            len(dataset),
+            training_args.max_length,
+        )
     summary["rows_per_epoch"] = len(dataset)
 
     model = load_causal_lm(script_args.model_name_or_path, script_args.attn_implementation)
-    collator = PackedCollator(tokenizer.pad_token_id, isolate=script_args.packing_mode == "isolated",
-                              single_row=script_args.attn_implementation == "flash_attention_2")  # fmt: skip
+    collator = PackedCollator(
+        tokenizer.pad_token_id,
+        isolate=script_args.layout != "one_per_row",
+        single_row=script_args.attn_implementation == "flash_attention_2",
+    )
     global_batch = log_batch_geometry(training_args)
     trainer = SFTTrainer(
         model=model,

@@ -76,5 +76,5 @@ fi
 args=(--data_dir "$DATA_DIR" --modelscope "$MODELSCOPE" --hf "$HF")
 [ ${#DOMAINS[@]} -gt 0 ] && args+=(--domains "${DOMAINS[@]}")
 [ -n "$MINI_DIR" ] && args+=(--mini_dir "$MINI_DIR")
-"$PYTHON" -m utils.download --stage "${DOWNLOADS[@]}" "${args[@]}"
+"$PYTHON" -m tools.download --stage "${DOWNLOADS[@]}" "${args[@]}"
 echo "[prepare] done"

@@ -67,13 +67,13 @@ setup() {
     install requirements.txt && "$py" -m pip install -q --no-deps dashscope==2.0.2
   fi
   # The exact Qwen2.5 tokenizer, built offline unless prepare.sh already downloaded it.
-  "$py" -m utils.tokenizer --output_dir models/Qwen2.5-0.5B-Instruct
+  "$py" -m tools.make_tokenizer --output_dir models/Qwen2.5-0.5B-Instruct
 }
 
 setup_tests() {  # everything the tests exercise: serving, export (with the transformers 4.x check), benchmarks
-  setup && install requirements-serve.txt && install requirements-export.txt && install requirements-bench.txt
-  "$VENV/bin/python" -m utils.portable --install_transformers4
-  "$VENV/bin/python" -m utils.export --install_converter
+  setup && install requirements/serve.txt && install requirements/export.txt && install requirements/bench.txt
+  "$VENV/bin/python" -m tools.compat --install_transformers4
+  "$VENV/bin/python" -m tools.export --install_converter
 }
 
 launch() {  # launch <script> <recipe> [flags...]
@@ -112,11 +112,11 @@ case "$mode" in
   sft) setup && launch mini_qwen_sft.py configs/sft_full.yaml "$@" ;;
   dpo) setup && launch mini_qwen_dpo.py configs/dpo_full.yaml "$@" ;;
   eval) setup && "$VENV/bin/python" mini_qwen_eval.py "$@" ;;
-  bench) setup && install requirements-bench.txt && offline "$VENV/bin/python" -m utils.bench "$@" ;;
+  bench) setup && install requirements/bench.txt && offline "$VENV/bin/python" -m tools.bench "$@" ;;
   experiment) setup && "$VENV/bin/python" -m experiments "$@" ;;
-  serve) setup && install requirements-serve.txt && offline "$VENV/bin/python" -m utils.serve "$@" ;;
-  web) setup && install requirements-serve.txt && offline "$VENV/bin/python" -m utils.chat_launcher "$@" ;;
-  export) setup && install requirements-export.txt && "$VENV/bin/python" -m utils.export "$@" ;;
+  serve) setup && install requirements/serve.txt && offline "$VENV/bin/python" -m tools.serve "$@" ;;
+  web) setup && install requirements/serve.txt && offline "$VENV/bin/python" -m tools.chat_launcher "$@" ;;
+  export) setup && install requirements/export.txt && "$VENV/bin/python" -m tools.export "$@" ;;
   *)
     echo "unknown mode: $mode" >&2
     usage >&2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One GPU measurement, about 10 minutes on one H100/H200-class GPU, written as JSON and logs to $OUT (default
-# ./gpu_check/):
-#   1. the precision the training engine really uses for each full recipe on this GPU (tests/engine_probe.py);
+# One GPU measurement, about 10 minutes on one H100/H200-class GPU, written as JSON and logs to a results folder
+# (GPU_CHECK_DIR, default ./gpu_check/):
+#   1. the precision the training engine really uses for each full recipe on this GPU (benchmarks/engine_probe.py);
 #   2. the speed of every stage at the 1B shape, seq 1024, bf16: upstream's path vs ours and each lever alone,
 #      side by side (benchmarks/train_speed.py);
 #   3. the T4 demo shape's peak memory, estimated and measured (benchmarks/memory.py --measure).
@@ -9,15 +9,15 @@
 #   On a GPU machine with requirements.txt installed:    bash benchmarks/gpu_check.sh
 #   On an offline GPU machine whose Python has torch and transformers but not trl, datasets or liger-kernel:
 #   on a machine with PyPI access run `bash benchmarks/gpu_wheels.sh` (wheels into .whl/) and
-#   `python -m utils.tokenizer`, copy the repository with .whl/ and models/Qwen2.5-0.5B-Instruct, then run this
-#   script there; it installs .whl/ into /tmp/site first.
+#   `python -m tools.make_tokenizer`, copy the repository with .whl/ and models/Qwen2.5-0.5B-Instruct, then run this
+#   script there; it installs .whl/ into a folder inside the results folder first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-gpu_check}
+out=${GPU_CHECK_DIR:-gpu_check}
 mkdir -p "$out"
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$out/site" .whl/*.whl
+  export PYTHONPATH=$out/site
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 # Fail in seconds, not after the first stage, if the packages do not import together.
@@ -25,7 +25,7 @@ python3 -c "import torch, transformers, trl, datasets; print(torch.__version__, 
   | tee -a "$out/gpu.txt"
 export PYTHONUNBUFFERED=1
 for stage in pt sft dpo; do
-  python3 tests/engine_probe.py "$stage" "configs/${stage}_full.yaml" real "$out/engine_$stage.json" 2>&1 \
+  python3 benchmarks/engine_probe.py "$stage" "configs/${stage}_full.yaml" real "$out/engine_$stage.json" 2>&1 \
     | tail -n 3 > "$out/engine_$stage.log"
   echo "engine, ${stage}_full.yaml: $(cat "$out/engine_$stage.json")" | tee -a "$out/gpu.txt"
 done

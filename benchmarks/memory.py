@@ -37,17 +37,24 @@ from transformers import HfArgumentParser, TrainingArguments
 from trl import DPOConfig, SFTConfig
 
 from benchmarks.train_speed import SHAPES, step_loss
-from utils.args import read_recipe
-from utils.collate import IGNORE_INDEX, PackedCollator
-from utils.hardware import torch_dtype_for
+from utils.data.collate import IGNORE_INDEX, PackedCollator
 from utils.modeling import SHAPE_FIELDS, ModelShapeArguments, build_model, count_parameters, use_fused_lm_head
+from utils.train.args import read_recipe
+from utils.train.hardware import torch_dtype_for
 
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit")
 # Optimizer-state layout of bitsandbytes' blockwise 8-bit Adam.
 BNB_BLOCK, BNB_MIN_8BIT_SIZE = 256, 4096
 # MemTracker's kinds; "Other" holds what is registered as plain tensors: the 8-bit optimizer state.
-KINDS = {"Parameter": "parameters", "Gradient": "gradients", "Optstate": "optimizer state", "Other": "other",
-         "Activation": "activations", "Temp": "temporaries", "Buffer": "buffers"}  # fmt: skip
+KINDS = {
+    "Parameter": "parameters",
+    "Gradient": "gradients",
+    "Optstate": "optimizer state",
+    "Other": "other",
+    "Activation": "activations",
+    "Temp": "temporaries",
+    "Buffer": "buffers",
+}
 
 
 @dataclass
@@ -258,7 +265,7 @@ def estimate(setup: Setup) -> dict[str, float]:
 def measure(setup: Setup) -> float:
     """The same steps on real CUDA tensors: torch's peak allocated memory in GiB."""
     if setup.optim == "adamw_bnb_8bit" and importlib.util.find_spec("bitsandbytes") is None:
-        raise SystemExit("--measure with adamw_bnb_8bit needs bitsandbytes (requirements-gpu.txt)")
+        raise SystemExit("--measure with adamw_bnb_8bit needs bitsandbytes (requirements/gpu.txt)")
     device = torch.device("cuda")
     torch.cuda.reset_peak_memory_stats(device)
     train_steps(setup, device, tracker=None)
@@ -275,35 +282,54 @@ def print_report(setup: Setup, parameters: int, row: dict[str, float], measured:
         + (", live reference model" if setup.live_reference else "")
     )
     scale, unit = (1, "GiB") if row["peak"] >= 1 else (1024, "MiB")  # tiny shapes read better in MiB
-    labels = {"other": "optimizer state (8-bit)",
-              "parameters": "parameters (+ reference)" if setup.live_reference else "parameters"}  # fmt: skip
+    labels = {
+        "other": "optimizer state (8-bit)",
+        "parameters": "parameters (+ reference)" if setup.live_reference else "parameters",
+    }
     for name in KINDS.values():
         if row[name]:
             label = labels.get(name, name)
             print(f"  {label:<34}{scale * row[name]:>9.2f} {unit}")
-    print(f"  {'estimated peak (live at once)':<34}{scale * row['peak']:>9.2f} {unit}   fake tensors, no GPU used; "
-          "a GPU adds ~1.5 GiB (CUDA context, allocator)")  # fmt: skip
+    print(
+        f"  {'estimated peak (live at once)':<34}{scale * row['peak']:>9.2f} {unit}   fake tensors, no GPU used; "
+        "a GPU adds ~1.5 GiB (CUDA context, allocator)"
+    )
     if measured is not None:
-        print(f"  {'measured peak':<34}{scale * measured:>9.2f} {unit}   {torch.cuda.get_device_name()}; "
-              f"estimate / measured = {row['peak'] / measured:.2f}")  # fmt: skip
+        print(
+            f"  {'measured peak':<34}{scale * measured:>9.2f} {unit}   {torch.cuda.get_device_name()}; "
+            f"estimate / measured = {row['peak'] / measured:.2f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="A stage recipe (YAML); its settings replace the flags below.")
-    parser.add_argument("--stage", choices=["pt", "sft", "dpo"], default=None,
-                        help="Stage of the step (default: from the recipe's name, else pt).")  # fmt: skip
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="1b",
-                        help="Shape without a recipe, or for SFT/DPO recipes without their checkpoint.")  # fmt: skip
+    parser.add_argument(
+        "--stage",
+        choices=["pt", "sft", "dpo"],
+        default=None,
+        help="Stage of the step (default: from the recipe's name, else pt).",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="1b",
+        help="Shape without a recipe, or for SFT/DPO recipes without their checkpoint.",
+    )
     parser.add_argument("--seq_len", type=int, default=1024, help="Tokens per row.")
     parser.add_argument("--batch_size", type=int, default=1, help="Rows per micro-batch (DPO: pairs).")
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="Autocast dtype.")
     parser.add_argument("--activation_checkpointing", action="store_true", help="Recompute activations in backward.")
     parser.add_argument("--optim", choices=OPTIMIZERS, default="adamw_torch_fused", help="Optimizer (its state).")
-    parser.add_argument("--fused_lm_head", choices=["on", "off"], default="on",
-                        help="Loss through the fused LM head (recipes on GPUs) or full logits.")  # fmt: skip
-    parser.add_argument("--live_reference", action="store_true",
-                        help="DPO: keep a reference model (precompute_ref_log_probs false).")  # fmt: skip
+    parser.add_argument(
+        "--fused_lm_head",
+        choices=["on", "off"],
+        default="on",
+        help="Loss through the fused LM head (recipes on GPUs) or full logits.",
+    )
+    parser.add_argument(
+        "--live_reference", action="store_true", help="DPO: keep a reference model (precompute_ref_log_probs false)."
+    )
     parser.add_argument("--measure", action="store_true", help="Also run the step on the GPU and print its peak.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -314,9 +340,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.config:
         setup = recipe_setup(stage, args.config, args.shape)
     else:
-        setup = Setup(stage, shape_of(args.shape), args.seq_len, args.batch_size, args.precision,
-                      args.activation_checkpointing, args.optim, args.fused_lm_head == "on",
-                      args.live_reference)  # fmt: skip
+        setup = Setup(
+            stage,
+            shape_of(args.shape),
+            args.seq_len,
+            args.batch_size,
+            args.precision,
+            args.activation_checkpointing,
+            args.optim,
+            args.fused_lm_head == "on",
+            args.live_reference,
+        )
     with torch.device("meta"):
         parameters = count_parameters(build_model(setup.shape, attn_implementation="sdpa"))
     row = estimate(setup)

@@ -4,8 +4,8 @@
     python -m benchmarks.preprocess_chat --sft_data data/sft --dpo_data data/dpo --repeat 1 --num_proc 8
 
 Each input file is copied ``--repeat`` times (a longer, steadier measurement), then the stage's own loader runs
-in a fresh process: ``utils.sft_data.load_sft_dataset`` (chat template, assistant-only labels, skips counted,
-Arrow cache written) and ``utils.dpo_data.load_preference_pairs`` (prompt budget, tokenized pairs). Printed per
+in a fresh process: ``utils.data.sft.load_sft_dataset`` (chat template, assistant-only labels, skips counted,
+Arrow cache written) and ``utils.data.dpo.load_preference_pairs`` (prompt budget, tokenized pairs). Printed per
 loader: rows, seconds, rows/s, the peak resident memory of the measuring process (and its workers), and the hours
 the full recipe's data would take at that rate (about 9M Infinity-Instruct conversations, 60K Infinity-Preference
 pairs). SFT tokenizes files in ``--num_proc`` processes; DPO runs in one.
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from utils.data import find_parquet_files
+from utils.data.parquet import find_parquet_files
 from utils.tokenizer import DEFAULT_TOKENIZER_DIR
 
 FULL_ROWS = {"sft": 9_000_000, "dpo": 60_000}
@@ -38,8 +38,8 @@ def _copies(source: str, repeat: int, into: Path) -> Path:
 
 
 def _measure(kind: str, data_dir: str, tokenizer_dir: str, max_length: int, num_proc: int, cache: str, queue):
-    from utils.dpo_data import load_preference_pairs
-    from utils.sft_data import load_sft_dataset
+    from utils.data.dpo import load_preference_pairs
+    from utils.data.sft import load_sft_dataset
     from utils.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -58,8 +58,9 @@ def run(kind: str, source: str, args, tmp: Path) -> dict:
     data = _copies(source, args.repeat, tmp / kind)
     queue = multiprocessing.get_context("spawn").Queue()
     process = multiprocessing.get_context("spawn").Process(
-        target=_measure, args=(kind, str(data), args.tokenizer, args.max_length, args.num_proc, str(tmp / "cache"),
-                               queue))  # fmt: skip
+        target=_measure,
+        args=(kind, str(data), args.tokenizer, args.max_length, args.num_proc, str(tmp / "cache"), queue),
+    )
     process.start()
     result = queue.get()
     process.join()
@@ -84,8 +85,10 @@ def main(argv: list[str] | None = None) -> dict:
     for kind, r in results.items():
         rate = r["rows"] / r["seconds"]
         hours = FULL_ROWS[kind] / rate / 3600
-        print(f"{kind:<8}{r['rows']:>9,}{r['kept']:>9,}{r['seconds']:>9.1f}{rate:>9.0f}{r['peak_mb']:>9.0f}"
-              f"{hours:>14.2f}")  # fmt: skip
+        print(
+            f"{kind:<8}{r['rows']:>9,}{r['kept']:>9,}{r['seconds']:>9.1f}{rate:>9.0f}{r['peak_mb']:>9.0f}"
+            f"{hours:>14.2f}"
+        )
         r.update(rows_per_s=rate, full_data_hours=hours)
     print(
         f"full data: {FULL_ROWS['sft']:,} SFT conversations, {FULL_ROWS['dpo']:,} DPO pairs, at the measured rate "

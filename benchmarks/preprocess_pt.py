@@ -5,7 +5,7 @@
 
 Upstream's approach: ``datasets`` parquet loading, ``Dataset.map`` with batched Hugging Face tokenization
 of ``text + eos``, ``itertools.chain`` of the batch and a split into fixed blocks. Ours:
-``utils.token_cache.build_token_cache`` (tiktoken engine, streaming into a flat token file). Both run in one
+``utils.data.token_cache.build_token_cache`` (tiktoken engine, streaming into a flat token file). Both run in one
 process (per-process throughput) on ``--repeat`` copies of every input file, with fresh caches.
 """
 
@@ -26,8 +26,8 @@ from datasets import load_dataset
 # Per-process throughput: the Hugging Face tokenizer would otherwise batch-encode on every core.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from utils.data import find_parquet_files
-from utils.token_cache import build_token_cache
+from utils.data.parquet import find_parquet_files
+from utils.data.token_cache import build_token_cache
 from utils.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 
 

@@ -7,7 +7,7 @@ Upstream's layout: one human/gpt pair per conversation (its code kept the last o
 ``max_length`` tokens, batches of ``batch_size`` padded to the longest row. Ours: every turn of every
 conversation, packed whole into rows of at most ``max_length`` (best-fit decreasing); under flash-attention-2 the
 micro-batch is one row with no padding at all, under the other kernels the rows are padded to the longest
-(``utils/collate.py`` says why).
+(``utils/data/collate.py`` says why).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import tempfile
 
 from trl import pack_dataset
 
-from utils.chat import SkipRow, conversation_to_messages, encode_chat
-from utils.collate import IGNORE_INDEX, PackedCollator
-from utils.data import find_parquet_files, read_rows
-from utils.sft_data import load_sft_dataset
+from utils.data.chat import SkipRow, conversation_to_messages, encode_chat
+from utils.data.collate import IGNORE_INDEX, PackedCollator
+from utils.data.parquet import find_parquet_files, read_rows
+from utils.data.sft import load_sft_dataset
 from utils.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 
 

@@ -41,22 +41,46 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from utils.collate import IGNORE_INDEX, PackedCollator
-from utils.hardware import detect_hardware, fused_lm_head_usable, select_attn_implementation
+from utils.data.collate import IGNORE_INDEX, PackedCollator
 from utils.modeling import ModelShapeArguments, build_model, count_parameters, use_fused_lm_head
+from utils.train.hardware import detect_hardware, fused_lm_head_usable, select_attn_implementation
 
 SHAPES = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=128, vocab_size=4096),
-    "1b": dict(hidden_size=1024, num_hidden_layers=48, num_attention_heads=16, num_key_value_heads=4,
-               intermediate_size=4864, vocab_size=151936),
-}  # fmt: skip
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=4096,
+    ),
+    "1b": dict(
+        hidden_size=1024,
+        num_hidden_layers=48,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        intermediate_size=4864,
+        vocab_size=151936,
+    ),
+}
 # Dense bf16 peak TFLOP/s by GPU name fragment (fp16 for T4/V100, which have no bf16 tensor cores).
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40": 181.0,
-               "4090": 165.0, "3090": 71.0, "L4": 121.0, "A10": 125.0, "T4": 65.0, "V100": 125.0}  # fmt: skip
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "H800": 989.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40": 181.0,
+    "4090": 165.0,
+    "3090": 71.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "T4": 65.0,
+    "V100": 125.0,
+}
 CONFIGS = ("baseline", "ours", "ours+gc", "ours+compile", "ours-fused_head", "ours+flex")
 
-logger = logging.getLogger("mini_qwen")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,9 +118,9 @@ def flops_per_token(model, seq_len: int) -> float:
 
 def data_lengths(kind: str, source: str | None, tokenizer_dir: str, limit: int = 2000) -> list:
     """Token lengths from real/bundled data: conversations for SFT, (prompt, chosen, rejected) for DPO."""
-    from utils.chat import SkipRow, conversation_to_messages, encode_messages
-    from utils.data import find_parquet_files, read_rows
-    from utils.dpo_data import encode_pair, preference_pair
+    from utils.data.chat import SkipRow, conversation_to_messages, encode_messages
+    from utils.data.dpo import encode_pair, preference_pair
+    from utils.data.parquet import find_parquet_files, read_rows
     from utils.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -309,8 +333,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=["pt", "sft", "dpo", "all"], default="all", help="Stage(s) to measure.")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="tiny (CPU) or 1b (the recipe).")
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=["baseline", "ours"],
-                        help="Configurations measured side by side.")  # fmt: skip
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=CONFIGS,
+        default=["baseline", "ours"],
+        help="Configurations measured side by side.",
+    )
     parser.add_argument("--seq_len", type=int, default=1024, help="Sequence length (the full recipe's).")
     parser.add_argument("--batch_size", type=int, default=4, help="Rows per step (DPO: pairs per step).")
     parser.add_argument("--steps", type=int, default=5, help="Timed optimizer steps per configuration.")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
+from utils.data.parquet import iter_strings
+from utils.tokenizer import has_tokenizer_files, train_small_tokenizer
+
+logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TOKENIZER = "models/mini-tokenizer"
 # Recipe sets: "cpu" is the tiny model with the small demo tokenizer (minutes on a laptop); "t4" is the full
@@ -12,6 +17,8 @@ DEMO_TOKENIZER = "models/mini-tokenizer"
 RECIPES = {"cpu": "{stage}_demo.yaml", "t4": "{stage}_t4_demo.yaml"}
 # The training texts the demo tokenizer learns from (not the benchmark fixtures in mini_data/bench).
 TOKENIZER_TEXTS = ["mini_data/pt", "mini_data/sft", "mini_data/dpo"]
+# Learned tokens of the demo tokenizer; the demo recipes round its embedding up to 4096 rows (vocab_size).
+DEMO_VOCAB_SIZE = 4000
 
 
 def demo_argv(stage: str, extra: list[str] | None = None, recipes: str = "cpu") -> list[str]:
@@ -32,6 +39,11 @@ def flag_value(argv: list[str], name: str, default: str) -> str:
 
 def ensure_demo_tokenizer(output_dir: str = DEMO_TOKENIZER) -> None:
     """Train the small demo tokenizer on mini_data once into ``output_dir``; later runs reuse it."""
-    from utils.tokenizer import main as tokenizer_main
-
-    tokenizer_main(["--train_from", *TOKENIZER_TEXTS, "--vocab_size", "4000", "--output_dir", output_dir])
+    if has_tokenizer_files(output_dir):
+        return
+    texts = (text for folder in TOKENIZER_TEXTS for text in iter_strings(ROOT / folder))
+    tokenizer = train_small_tokenizer(texts, DEMO_VOCAB_SIZE)
+    tokenizer.save_pretrained(output_dir)
+    logger.info(
+        "Trained the demo tokenizer (%d tokens) on %s into %s", len(tokenizer), ", ".join(TOKENIZER_TEXTS), output_dir
+    )

@@ -4,7 +4,7 @@ from transformers import TrainingArguments
 
 from demo.common import DEMO_TOKENIZER, demo_argv, ensure_demo_tokenizer, flag_value
 from mini_qwen_pt import PTArguments, main
-from utils.args import parse_args
+from utils.train.args import parse_args
 
 
 def run(extra: list[str] | None = None, recipes: str = "cpu"):

@@ -4,7 +4,7 @@ from trl import SFTConfig
 
 from demo.common import demo_argv
 from mini_qwen_sft import SFTArguments, main
-from utils.args import parse_args
+from utils.train.args import parse_args
 
 
 def run(extra: list[str] | None = None, recipes: str = "cpu"):

@@ -47,8 +47,9 @@ def run(
     timings = {}
     demo_pt.run(["--output_dir", str(root / "pt"), *steps, *cache, *tokenizer], recipes)
     timings["pt"] = time.perf_counter() - start
-    demo_sft.run(["--model_name_or_path", str(root / "pt"), "--output_dir", str(root / "sft"), *steps, *cache],
-                 recipes)  # fmt: skip
+    demo_sft.run(
+        ["--model_name_or_path", str(root / "pt"), "--output_dir", str(root / "sft"), *steps, *cache], recipes
+    )
     timings["sft"] = time.perf_counter() - start - sum(timings.values())
     demo_dpo.run(["--model_name_or_path", str(root / "sft"), "--output_dir", str(root / "dpo"), *steps], recipes)
     timings["dpo"] = time.perf_counter() - start - sum(timings.values())
@@ -89,15 +90,23 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_root", default=None,
-                        help="Checkpoints and eval go here (default results/demo, results/t4_demo).")  # fmt: skip
-    parser.add_argument("--recipes", choices=sorted(RECIPES), default="cpu",
-                        help="cpu: tiny model, any machine; t4: the 1B shape at seq 128 on a 16 GB GPU.")  # fmt: skip
+    parser.add_argument(
+        "--output_root", default=None, help="Checkpoints and eval go here (default results/demo, results/t4_demo)."
+    )
+    parser.add_argument(
+        "--recipes",
+        choices=sorted(RECIPES),
+        default="cpu",
+        help="cpu: tiny model, any machine; t4: the 1B shape at seq 128 on a 16 GB GPU.",
+    )
     parser.add_argument("--max_steps", type=int, default=None, help="Override every stage's step count.")
     parser.add_argument("--prompts", type=int, default=4, help="How many of the eval prompts to answer.")
     parser.add_argument("--logging_steps", type=int, default=None, help="Override every stage's logging interval.")
-    parser.add_argument("--work_dir", default=None, help="The demo tokenizer and token caches go here (default: the "
-                        "recipes' models/mini-tokenizer and cache/).")  # fmt: skip
+    parser.add_argument(
+        "--work_dir",
+        default=None,
+        help="The demo tokenizer and token caches go here (default: the recipes' models/mini-tokenizer and cache/).",
+    )
     args = parser.parse_args()
     run(args.output_root, args.max_steps, args.prompts, args.logging_steps, args.recipes, args.work_dir)
 

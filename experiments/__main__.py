@@ -19,8 +19,11 @@ def main(argv: list[str] | None = None) -> Path:
     sizes = "full: the documented size (minutes on a CPU); ci: seconds, to check the wiring."
     parser.add_argument("--scale", choices=sorted(SCALES), default="full", help=sizes)
     parser.add_argument("--output_root", default="results/experiments", help="Reports go to <root>/<name>/.")
-    parser.add_argument("--work_dir", default=None, help="The demo tokenizer and token caches go here (default: "
-                        "models/mini-tokenizer and cache/experiments).")  # fmt: skip
+    parser.add_argument(
+        "--work_dir",
+        default=None,
+        help="The demo tokenizer and token caches go here (default: models/mini-tokenizer and cache/experiments).",
+    )
     args = parser.parse_args(argv)
     if args.work_dir:
         WORK.update(tokenizer=str(Path(args.work_dir) / "tokenizer"), cache=str(Path(args.work_dir) / "cache"))

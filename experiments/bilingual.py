@@ -33,13 +33,18 @@ VARIANTS = {"chinese": ["--languages", "chinese"], "chinese+english": []}
 
 
 def run(out: Path, scale: Scale) -> Path:
-    runs = {(name, seed): train_pt(out / f"{name}-s{seed}", seed, scale, *flags)
-            for name, flags in VARIANTS.items() for seed in scale.seeds}  # fmt: skip
+    runs = {
+        (name, seed): train_pt(out / f"{name}-s{seed}", seed, scale, *flags)
+        for name, flags in VARIANTS.items()
+        for seed in scale.seeds
+    }
     scores = score(list(runs.values()), out, scale, eval_data=f"mini_data/pt/{HELD_OUT_DOMAIN}/chinese")
     ppl = {name: [scores["metrics"][f"{name}-s{s}"]["perplexity"] for s in scale.seeds] for name in VARIANTS}
     bpb = {name: [scores["metrics"][f"{name}-s{s}"]["bits_per_byte"] for s in scale.seeds] for name in VARIANTS}
-    table = [[name, spread([final_loss(runs[name, s]) for s in scale.seeds]), spread(ppl[name]), spread(bpb[name])]
-             for name in VARIANTS]  # fmt: skip
+    table = [
+        [name, spread([final_loss(runs[name, s]) for s in scale.seeds]), spread(ppl[name]), spread(bpb[name])]
+        for name in VARIANTS
+    ]
     conclusion = (
         "Held-out Chinese perplexity: " + verdict(ppl, True, "held-out Chinese perplexity") + "\n\n"
         "At equal steps the Chinese + English run sees about half as many Chinese tokens, so a lower Chinese "
@@ -47,6 +52,14 @@ def run(out: Path, scale: Scale) -> Path:
         "losses mix languages and are not comparable between the two variants."
     )
     first = {f"{name}-s{scale.seeds[0]}": scores["answers"][f"{name}-s{scale.seeds[0]}"] for name in VARIANTS}
-    return write_report(out, TITLE, QUESTION, table, ["training data", "final train loss",
-                        "held-out Chinese perplexity", "bits per byte"], curves(list(runs.values()), out), first,
-                        conclusion, FULL_SIZE)  # fmt: skip
+    return write_report(
+        out,
+        TITLE,
+        QUESTION,
+        table,
+        ["training data", "final train loss", "held-out Chinese perplexity", "bits per byte"],
+        curves(list(runs.values()), out),
+        first,
+        conclusion,
+        FULL_SIZE,
+    )

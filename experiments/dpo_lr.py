@@ -23,12 +23,22 @@ RATES = ("1e-5", "1e-4", "1e-3")
 
 def run(out: Path, scale: Scale) -> Path:
     sft = chat_base(out / "base", scale)
-    reports = {(lr, s): train_dpo(out / f"lr_{lr}-s{s}", sft, s, scale, "--learning_rate", lr)
-               for lr in RATES for s in scale.seeds}  # fmt: skip
+    reports = {
+        (lr, s): train_dpo(out / f"lr_{lr}-s{s}", sft, s, scale, "--learning_rate", lr)
+        for lr in RATES
+        for s in scale.seeds
+    }
     after = {f"lr {lr}": [reports[lr, s]["dpo_prefers_chosen"] for s in scale.seeds] for lr in RATES}
-    table = [[lr, spread([reports[lr, s]["reference_prefers_chosen"] for s in scale.seeds]), spread(after[f"lr {lr}"]),
-              spread([reports[lr, s]["dpo_mean_reward_margin"] for s in scale.seeds]),
-              spread([final_loss(out / f"lr_{lr}-s{s}") for s in scale.seeds])] for lr in RATES]  # fmt: skip
+    table = [
+        [
+            lr,
+            spread([reports[lr, s]["reference_prefers_chosen"] for s in scale.seeds]),
+            spread(after[f"lr {lr}"]),
+            spread([reports[lr, s]["dpo_mean_reward_margin"] for s in scale.seeds]),
+            spread([final_loss(out / f"lr_{lr}-s{s}") for s in scale.seeds]),
+        ]
+        for lr in RATES
+    ]
     conclusion = (
         "Held-back preference accuracy: "
         + verdict(after, False, "preference accuracy after DPO", reports[RATES[0], scale.seeds[0]]["heldout_pairs"])
@@ -37,5 +47,14 @@ def run(out: Path, scale: Scale) -> Path:
         "held-back ones; too low leaves the policy where SFT left it (accuracy equal to the SFT column)."
     )
     figure = curves([out / f"lr_{lr}-s{scale.seeds[0]}" for lr in RATES], out)
-    return write_report(out, TITLE, QUESTION, table, ["learning rate", "SFT prefers chosen", "DPO prefers chosen",
-                        "DPO reward margin", "final DPO loss"], figure, None, conclusion, FULL_SIZE)  # fmt: skip
+    return write_report(
+        out,
+        TITLE,
+        QUESTION,
+        table,
+        ["learning rate", "SFT prefers chosen", "DPO prefers chosen", "DPO reward margin", "final DPO loss"],
+        figure,
+        None,
+        conclusion,
+        FULL_SIZE,
+    )

@@ -35,28 +35,56 @@ LAYOUTS = ("isolated", "cross_document", "one_per_row")
 
 
 def run(out: Path, scale: Scale) -> Path:
-    runs = {(layout, seed): train_pt(out / f"{layout}-s{seed}", seed, scale, "--layout", layout)
-            for layout in LAYOUTS for seed in scale.seeds}  # fmt: skip
+    runs = {
+        (layout, seed): train_pt(out / f"{layout}-s{seed}", seed, scale, "--layout", layout)
+        for layout in LAYOUTS
+        for seed in scale.seeds
+    }
     scores = score(list(runs.values()), out, scale, eval_data=f"mini_data/pt/{HELD_OUT_DOMAIN}")
     m = scores["metrics"]
     per = {layout: [m[f"{layout}-s{s}"] for s in scale.seeds] for layout in LAYOUTS}
-    table = [[layout, spread([final_loss(runs[layout, s]) for s in scale.seeds]),
-              spread([x["perplexity"] for x in per[layout]]),
-              spread([x["repeated_4gram_share"] for x in per[layout]]),
-              spread([x["distinct_2"] for x in per[layout]]),
-              spread([x["mean_new_tokens"] for x in per[layout]])] for layout in LAYOUTS]  # fmt: skip
-    conclusion = "\n\n".join([
-        "Held-out perplexity: " + verdict({k: [x["perplexity"] for x in v] for k, v in per.items()}, True,
-                                          "held-out perplexity"),
-        "Repetition of greedy answers: " + verdict({k: [x["repeated_4gram_share"] for x in v] for k, v in
-                                                    per.items()}, True, "repeated 4-gram share"),
-        "Held-out documents are scored each on its own, as text is met at inference. The repetition share is over "
-        "the tokens generated: an answer that stops early (at EOS) has less room to repeat, so read it with the "
-        "answer length. The training losses are not comparable across layouts (cross_document also predicts across "
-        "document boundaries; one_per_row sees fewer tokens per step), and a small model repeats under greedy "
-        "decoding whatever the layout.",
-    ])  # fmt: skip
+    table = [
+        [
+            layout,
+            spread([final_loss(runs[layout, s]) for s in scale.seeds]),
+            spread([x["perplexity"] for x in per[layout]]),
+            spread([x["repeated_4gram_share"] for x in per[layout]]),
+            spread([x["distinct_2"] for x in per[layout]]),
+            spread([x["mean_new_tokens"] for x in per[layout]]),
+        ]
+        for layout in LAYOUTS
+    ]
+    conclusion = "\n\n".join(
+        [
+            "Held-out perplexity: "
+            + verdict({k: [x["perplexity"] for x in v] for k, v in per.items()}, True, "held-out perplexity"),
+            "Repetition of greedy answers: "
+            + verdict(
+                {k: [x["repeated_4gram_share"] for x in v] for k, v in per.items()}, True, "repeated 4-gram share"
+            ),
+            "Held-out documents are scored each on its own, as text is met at inference. The repetition share is over "
+            "the tokens generated: an answer that stops early (at EOS) has less room to repeat, so read it with the "
+            "answer length. The training losses are not comparable across layouts (cross_document also predicts "
+            "across document boundaries; one_per_row sees fewer tokens per step), and a small model repeats under "
+            "greedy decoding whatever the layout.",
+        ]
+    )
     first = {f"{layout}-s{scale.seeds[0]}": scores["answers"][f"{layout}-s{scale.seeds[0]}"] for layout in LAYOUTS}
-    return write_report(out, TITLE, QUESTION, table, ["layout", "final train loss", "held-out perplexity",
-                        "repeated 4-gram share", "distinct-2", "answer length (tokens)"],
-                        curves(list(runs.values()), out), first, conclusion, FULL_SIZE)  # fmt: skip
+    return write_report(
+        out,
+        TITLE,
+        QUESTION,
+        table,
+        [
+            "layout",
+            "final train loss",
+            "held-out perplexity",
+            "repeated 4-gram share",
+            "distinct-2",
+            "answer length (tokens)",
+        ],
+        curves(list(runs.values()), out),
+        first,
+        conclusion,
+        FULL_SIZE,
+    )

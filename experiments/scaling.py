@@ -14,16 +14,27 @@ QUESTION = (
 )
 FULL_SIZE = (
     "```bash\nfor f in 0.25 0.5 1.0; do bash run.sh pt --data_fraction $f --output_dir results/scaling/data_$f; done\n"
-    "python -m utils.plotting results/scaling/data_* --x tokens --output results/scaling/curves.png\n```"
+    "python -m tools.plot results/scaling/data_* --x tokens --output results/scaling/curves.png\n```"
 )
 FRACTIONS = ("0.25", "0.5", "1.0")
 
 
 def run(out: Path, scale: Scale) -> Path:
-    runs = {(f, seed): train_pt(out / f"data_{f}-s{seed}", seed, scale, "--data_fraction",
-                                str(float(f) * scale.data_scale), "--max_steps", "-1",
-                                "--num_train_epochs", str(scale.pt_epochs))
-            for f in FRACTIONS for seed in scale.seeds}  # fmt: skip
+    runs = {
+        (f, seed): train_pt(
+            out / f"data_{f}-s{seed}",
+            seed,
+            scale,
+            "--data_fraction",
+            str(float(f) * scale.data_scale),
+            "--max_steps",
+            "-1",
+            "--num_train_epochs",
+            str(scale.pt_epochs),
+        )
+        for f in FRACTIONS
+        for seed in scale.seeds
+    }
     scores = score(list(runs.values()), out, scale, eval_data=f"mini_data/pt/{HELD_OUT_DOMAIN}")
     ppl = {f: [scores["metrics"][f"data_{f}-s{s}"]["perplexity"] for s in scale.seeds] for f in FRACTIONS}
     table = [[f, spread([final_loss(runs[f, s]) for s in scale.seeds]), spread(ppl[f])] for f in FRACTIONS]
@@ -34,8 +45,17 @@ def run(out: Path, scale: Scale) -> Path:
         "corpus of about 150K tokens this shows the method, not a law to extrapolate."
     )
     figure = curves([runs[f, scale.seeds[0]] for f in FRACTIONS], out, x="tokens")
-    return write_report(out, TITLE, QUESTION, table, ["share of data", "final train loss", "held-out perplexity"],
-                        figure, None, conclusion, FULL_SIZE)  # fmt: skip
+    return write_report(
+        out,
+        TITLE,
+        QUESTION,
+        table,
+        ["share of data", "final train loss", "held-out perplexity"],
+        figure,
+        None,
+        conclusion,
+        FULL_SIZE,
+    )
 
 
 def doubling(small: str, large: str, before: list[float], after: list[float]) -> str:

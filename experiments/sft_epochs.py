@@ -24,17 +24,36 @@ FULL_SIZE = (
 def run(out: Path, scale: Scale) -> Path:
     sft = chat_base(out / "base", scale)
     epochs = [str(e) for e in range(1, scale.sft_epochs + 1)]
-    reports = {(e, s): train_dpo(out / f"dpo_epoch{e}-s{s}", sft, s, scale, "--sft_epoch", e)
-               for e in epochs for s in scale.seeds}  # fmt: skip
+    reports = {
+        (e, s): train_dpo(out / f"dpo_epoch{e}-s{s}", sft, s, scale, "--sft_epoch", e)
+        for e in epochs
+        for s in scale.seeds
+    }
     after = {f"epoch {e}": [reports[e, s]["dpo_prefers_chosen"] for s in scale.seeds] for e in epochs}
     pairs = reports[epochs[0], scale.seeds[0]]["heldout_pairs"]
-    table = [[f"epoch {e}", spread([reports[e, s]["reference_prefers_chosen"] for s in scale.seeds]),
-              spread(after[f"epoch {e}"]), spread([reports[e, s]["dpo_mean_reward_margin"] for s in scale.seeds])]
-             for e in epochs]  # fmt: skip
+    table = [
+        [
+            f"epoch {e}",
+            spread([reports[e, s]["reference_prefers_chosen"] for s in scale.seeds]),
+            spread(after[f"epoch {e}"]),
+            spread([reports[e, s]["dpo_mean_reward_margin"] for s in scale.seeds]),
+        ]
+        for e in epochs
+    ]
     conclusion = (
-        "Held-back preference accuracy after DPO: " + verdict(after, False, "preference accuracy after DPO", pairs) +
-        f"\n\nEach accuracy is over {pairs} held-back pairs (a step of {1 / pairs:.0%}), and the pairs held back "
+        "Held-back preference accuracy after DPO: "
+        + verdict(after, False, "preference accuracy after DPO", pairs)
+        + f"\n\nEach accuracy is over {pairs} held-back pairs (a step of {1 / pairs:.0%}), and the pairs held back "
         "change with the seed, so small differences are expected noise."
-    )  # fmt: skip
-    return write_report(out, TITLE, QUESTION, table, ["DPO started from", "SFT prefers chosen", "DPO prefers chosen",
-                        "DPO reward margin"], None, None, conclusion, FULL_SIZE)  # fmt: skip
+    )
+    return write_report(
+        out,
+        TITLE,
+        QUESTION,
+        table,
+        ["DPO started from", "SFT prefers chosen", "DPO prefers chosen", "DPO reward margin"],
+        None,
+        None,
+        conclusion,
+        FULL_SIZE,
+    )

@@ -1,4 +1,5 @@
-"""Numbers that say whether a model got better: log-likelihoods, perplexity, bits per byte, repetition."""
+"""Numbers that say whether a model got better: log-likelihoods, perplexity, bits per byte, repetition, and the
+benchmark table."""
 
 from __future__ import annotations
 
@@ -78,8 +79,9 @@ def preference_report(policy, reference, pairs: list[dict], beta: float, max_len
             tail = row[f"{key}_ids"]
             if max_length is not None:
                 tail = tail[: max(1, max_length - len(head))]
-            scores[key] = {name: completion_logprob(model, head, tail)
-                           for name, model in (("pol", policy), ("ref", reference))}  # fmt: skip
+            scores[key] = {
+                name: completion_logprob(model, head, tail) for name, model in (("pol", policy), ("ref", reference))
+            }
             scores[key]["n"] = len(tail)
         c, r = scores["chosen"], scores["rejected"]
         stats["policy_prefers_chosen"] += c["pol"] / c["n"] > r["pol"] / r["n"]
@@ -109,3 +111,50 @@ def write_preference_report(report: dict, output_dir: str | Path) -> None:
         "",
     ]
     (out / "preference_report.md").write_text("\n".join(lines))
+
+
+# Benchmark tables (bench.json of tools/bench.py), rendered here so that any report can include one.
+
+
+def above_chance(value: float, baseline: float, docs: int) -> bool:
+    """More than two standard errors of random guessing (binomial, ``docs`` questions) above its mean. The
+    guesser's spread, not the model's: a model right on 3 of 3 questions has a standard error of 0."""
+    return docs > 0 and value - baseline > 2 * (baseline * (1 - baseline) / docs) ** 0.5
+
+
+def cell(score: dict | None, baseline: float, docs: int) -> str:
+    """``value ± stderr``, bold when above chance."""
+    if not score:
+        return "—"
+    text = f"{score['value']:.4f}" + (f" ± {score['stderr']:.4f}" if score["stderr"] is not None else "")
+    return f"**{text}**" if above_chance(score["value"], baseline, docs) else text
+
+
+def render_bench_table(report: dict) -> str:
+    """Benchmarks x checkpoints (headline metric ± standard error), documents scored and the random-guess column."""
+    columns = [c["label"] + (" (chat)" if c["chat"] else "") for c in report["checkpoints"]]
+    lines = ["| benchmark | docs | " + " | ".join(columns) + " | random guess |", "|---" * (len(columns) + 3) + "|"]
+    for bench in report["tasks"]:
+        baseline, docs = report["random_guess"][bench]["acc"], report["random_guess"][bench]["n"]
+        headline = report["headline"][bench]
+        scored = [report["results"][c["label"]][bench].get(headline) for c in report["checkpoints"]]
+        cells = [cell(score, baseline, docs) for score in scored]
+        lines.append(f"| {report['titles'][bench]} | {docs} | " + " | ".join(cells) + f" | {baseline:.4f} |")
+    gsm8k = " (GSM8K: exact match of the final `#### N` answer)" if "gsm8k" in report["tasks"] else ""
+    lines += [
+        "",
+        f"Accuracy ± standard error{gsm8k}. **Bold**: above chance, i.e. more than two standard errors of random "
+        "guessing above its mean. Random guess: the expected accuracy of picking one of each question's choices at "
+        "random (0 for generation). All metrics (acc_norm too) are in bench.json.",
+    ]
+    limit = report.get("arguments", {}).get("limit")
+    if limit is not None:
+        lines.append(
+            f"Only the first {limit:g} documents of every task and subject (--limit): not comparable with full runs."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def bench_table_markdown(bench_json_path: str | Path) -> str:
+    """The markdown table of a finished run, from its bench.json (for another report to include)."""
+    return render_bench_table(json.loads(Path(bench_json_path).read_text(encoding="utf-8")))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
-from utils.chat import prompt_ids
+from utils.data.chat import prompt_ids
 from utils.run_info import read_run_info
 
 # The sampling defaults every saved checkpoint carries (Qwen2.5's own settings): sampling rather than greedy,

@@ -4,7 +4,7 @@ The base is ``models/Qwen2.5-0.5B-Instruct/config.json`` (kept as data). The wid
 full recipe and the tiny demo/test shapes are overrides on it. Overrides go into the constructor:
 ``Qwen2Config`` derives per-layer fields (``layer_types``) when it is built, so setting
 ``num_hidden_layers`` on a loaded config leaves them at the old length and model construction fails
-(see GUIDE.md §5).
+(a trap of transformers 5: the per-layer fields are derived only in the constructor).
 """
 
 from __future__ import annotations

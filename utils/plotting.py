@@ -1,19 +1,13 @@
 """Training curves from runs' ``trainer_state.json``, read as JSON data (never executed).
 
-One run: every logged curve in its own panel, saved next to the run::
-
-    python -m utils.plotting results/pt
-
-Several runs: their losses in one figure, one line per run named after its folder, against optimizer steps or
-against training tokens (steps x the run's tokens per step, from its run_info.json), the way scaling-law
-figures compare runs of different sizes::
-
-    python -m utils.plotting results/pt_quarter results/pt_half results/pt --x tokens --output scaling.png
+``plot_loss``: one run, every logged curve in its own panel, saved next to the run. ``plot_runs``: several runs'
+losses in one figure, one line per run named after its folder, against optimizer steps or against training tokens
+(steps x the run's tokens per step, from its run_info.json), the way scaling-law figures compare runs of different
+sizes. ``tools/plot.py`` is the command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -126,21 +120,3 @@ def plot_runs(run_dirs: list[str | Path], x: str = "steps", key: str = "loss", o
     plt.close(fig)
     logger.info("Saved %s", out)
     return out, ax
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dirs", nargs="+", help="Stage output dirs (or checkpoints); several: one figure.")
-    parser.add_argument("--x", choices=["steps", "tokens"], default="steps", help="Several runs: the x axis.")
-    parser.add_argument("--key", default="loss", help="Several runs: the logged value to compare.")
-    parser.add_argument("--output", default=None, help="PNG path (default: <run_dir>/training_curves.png, runs.png).")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if len(args.run_dirs) == 1:
-        print(plot_loss(args.run_dirs[0], output=args.output))
-    else:
-        print(plot_runs(args.run_dirs, args.x, args.key, args.output or "runs.png")[0])
-
-
-if __name__ == "__main__":
-    main()

@@ -16,8 +16,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from utils import REPO_ROOT
+
 RUN_INFO_FILE = "run_info.json"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets", "deepspeed", "tokenizers", "tiktoken")
 
 

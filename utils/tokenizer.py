@@ -3,37 +3,25 @@
 Two ways to get the Qwen2.5 tokenizer, in this order:
 
 1. ``models/Qwen2.5-0.5B-Instruct`` already holds tokenizer files (``prepare.sh`` downloads them from
-   ModelScope, or an earlier run of this module wrote them): they are loaded as they are.
-2. Otherwise it is rebuilt from the Qwen BPE ranks that the PyPI package ``dashscope`` ships as
-   ``dashscope/resources/qwen.tiktoken`` (151,643 byte tokens with their ranks, identical to Qwen2.5's
-   ``vocab.json``; see ``utils.bpe``). Only that one file is read; dashscope itself is never imported, so it can
-   be installed with ``pip install --no-deps`` and its web-client dependencies are not needed.
+   ModelScope, or ``python -m tools.make_tokenizer`` wrote them): they are loaded as they are.
+2. Otherwise it is rebuilt from the Qwen BPE ranks (``qwen.tiktoken``: 151,643 byte tokens with their ranks,
+   identical to Qwen2.5's ``vocab.json``; see ``utils.bpe``).
 
-Write the tokenizer into the model folder (what ``run.sh`` does on first use)::
-
-    python -m utils.tokenizer --output_dir models/Qwen2.5-0.5B-Instruct
-
-Train the small demo tokenizer (same formats, 4k tokens) on the bundled data::
-
-    python -m utils.tokenizer --train_from mini_data/pt mini_data/sft mini_data/dpo --vocab_size 4000 \
-        --output_dir models/mini-tokenizer
+``tools/make_tokenizer.py`` is the command line that writes either tokenizer into a folder.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from utils.bpe import QWEN_SPLIT_PATTERN, load_qwen_ranks, vocab_and_merges
-from utils.data import find_parquet_files, read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -183,49 +171,3 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     state = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else str(tokenizer)
     state += f"|eos={tokenizer.eos_token_id}|template={tokenizer.chat_template}"
     return hashlib.sha256(state.encode()).hexdigest()[:16]
-
-
-def iter_parquet_strings(data_dir: str) -> Iterable[str]:
-    """Every string value (nested ones included) of every parquet file below ``data_dir``."""
-
-    def strings(value) -> Iterable[str]:
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, dict):
-            for v in value.values():
-                yield from strings(v)
-        elif isinstance(value, list):
-            for v in value:
-                yield from strings(v)
-
-    for path in find_parquet_files(data_dir):
-        columns = [f.name for f in pq.read_schema(path) if f.name not in ("id", "_id", "label")]
-        for _, _, record in read_rows([path], columns):
-            yield from strings(record)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default=DEFAULT_TOKENIZER_DIR, help="Where to write the tokenizer files.")
-    parser.add_argument("--tiktoken_file", default=None, help="qwen.tiktoken path (default: dashscope's copy).")
-    parser.add_argument("--force", action="store_true", help="Rebuild even if tokenizer files exist.")
-    parser.add_argument(
-        "--train_from", nargs="+", default=None, help="Train a small tokenizer on every string of these parquet files."
-    )
-    parser.add_argument("--vocab_size", type=int, default=4000, help="Vocabulary size with --train_from.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if has_tokenizer_files(args.output_dir) and not args.force:
-        logger.info("Tokenizer files already in %s; keeping them (use --force to rebuild)", args.output_dir)
-        return
-    if args.train_from:
-        texts = (text for folder in args.train_from for text in iter_parquet_strings(folder))
-        tokenizer = train_small_tokenizer(texts, args.vocab_size)
-    else:
-        tokenizer = build_qwen_tokenizer(args.tiktoken_file)
-    tokenizer.save_pretrained(args.output_dir)
-    logger.info("Wrote a tokenizer of %d tokens to %s", len(tokenizer), args.output_dir)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,130 @@
+"""Benchmarks are not tests of speed; these smoke runs check that each prints a complete, sane table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from benchmarks import memory, train_speed
+from tests.helpers import ROOT
+from utils.modeling import build_model, count_parameters
+
+
+def run_module(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_train_speed_smoke(tmp_path):
+    out = tmp_path / "speed.json"
+    rows = train_speed.main(
+        ["--stage", "all", "--shape", "tiny", "--steps", "2", "--warmup", "1", "--seq_len", "512", "--json", str(out)]
+    )
+    assert json.loads(out.read_text())["rows"] == rows
+    assert [(r["stage"], r["config"]) for r in rows] == [
+        (s, c) for s in ("pt", "sft", "dpo") for c in ("baseline", "ours")
+    ]
+    keys = {"step_s", "tokens_per_s", "real_tokens_per_s", "real_share", "mfu", "useful_mfu", "peak_mem_gb"}
+    for r in rows:
+        assert keys <= r.keys()
+        assert r["step_s"] > 0 and r["tokens_per_s"] > 0 and 0 < r["real_share"] <= 1
+        assert 0 < r["useful_mfu"] <= r["mfu"] and r["peak_mem_gb"] > 0
+        assert (r["pairs_per_s"] > 0) if r["stage"] == "dpo" else r["pairs_per_s"] is None
+    sft = {r["config"]: r for r in rows if r["stage"] == "sft"}
+    assert sft["ours"]["real_share"] > sft["baseline"]["real_share"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="ours+flex runs on a GPU")
+def test_train_speed_reports_a_failing_configuration_and_keeps_the_others(capsys):
+    rows = train_speed.main(
+        [
+            "--stage",
+            "pt",
+            "--shape",
+            "tiny",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--seq_len",
+            "128",
+            "--configs",
+            "ours+flex",
+            "ours",
+        ]
+    )
+    assert rows[0]["error"].startswith("ValueError: ours+flex needs a CUDA GPU") and rows[1]["tokens_per_s"] > 0
+    assert "ours+flex        failed: ValueError" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "module, args, columns",
+    [
+        ("benchmarks.preprocess_pt", ["--data_dir", "mini_data/pt", "--repeat", "1"], ["MB/s", "speed-up"]),
+        ("benchmarks.sft_tokens", ["--data_dir", "mini_data/sft"], ["real share", "upstream: last pair"]),
+    ],
+)
+def test_data_benchmarks_smoke(module, args, columns):
+    out = run_module(module, *args)
+    for column in columns:
+        assert column in out
+
+
+def tiny_setup(**overrides) -> memory.Setup:
+    values = dict(
+        stage="pt",
+        shape=memory.shape_of("tiny"),
+        seq_len=128,
+        batch_size=4,
+        precision="bf16",
+        activation_checkpointing=False,
+        optim="adamw_torch",
+    )
+    return memory.Setup(**{**values, **overrides})
+
+
+def test_memory_accounting_counts_weights_grads_and_optimizer_exactly():
+    """Fake tensors allocate nothing, yet the tracked bytes are the real ones: 4 bytes per fp32 parameter,
+    two fp32 Adam moments, and bitsandbytes' 8-bit layout (1 byte per moment + an fp32 scale per 256)."""
+    with torch.device("meta"):
+        model = build_model(memory.shape_of("tiny"), attn_implementation="sdpa")
+    params = count_parameters(model)
+    adam = memory.estimate(tiny_setup())
+    assert adam["parameters"] * 2**30 == pytest.approx(4 * params)
+    assert adam["optimizer state"] * 2**30 == pytest.approx(8 * params, rel=1e-3)  # + a few step counters
+    bnb = memory.estimate(tiny_setup(optim="adamw_bnb_8bit"))
+    embedding = model.get_input_embeddings().weight  # kept in 32 bits by the Trainer (tied to the LM head here)
+    expected = sum(
+        8 * p.numel() if p.numel() < 4096 or p is embedding else 2 * p.numel() + 8 * -(-p.numel() // 256)
+        for p in model.parameters()
+    )
+    assert bnb["other"] * 2**30 == expected and bnb["optimizer state"] == 0
+    assert bnb["peak"] < adam["peak"]
+
+
+def test_memory_levers_move_the_peak_the_right_way():
+    deep = memory.ModelShapeArguments(**{**memory.SHAPES["tiny"], "num_hidden_layers": 8})
+    base = memory.estimate(tiny_setup(shape=deep))
+    checkpointed = memory.estimate(tiny_setup(shape=deep, activation_checkpointing=True))
+    assert checkpointed["activations"] < base["activations"] / 3
+    dpo = tiny_setup(stage="dpo", fused_lm_head=False)
+    live = memory.estimate(memory.Setup(**{**dpo.__dict__, "live_reference": True}))
+    assert live["parameters"] == pytest.approx(2 * memory.estimate(dpo)["parameters"])
+
+
+def test_memory_reads_a_recipe_with_the_stage_defaults(capsys):
+    row = memory.main(["--config", "configs/pt_demo.yaml"])
+    out = capsys.readouterr().out
+    assert "PT configs/pt_demo.yaml" in out and "estimated peak" in out and row["measured"] is None
+    assert 0 < row["activations"] < row["peak"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, --measure measures")
+def test_memory_measure_needs_a_gpu():
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        memory.main(["--shape", "tiny", "--seq_len", "64", "--measure"])

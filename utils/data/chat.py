@@ -1,0 +1,154 @@
+"""Chat data: converting dataset rows to messages, and messages to token ids and labels.
+
+Every chat format comes from the tokenizer's chat template (``utils.tokenizer.CHAT_TEMPLATE``, saved
+with every checkpoint), so training, evaluation and ``apply_chat_template`` never disagree. One exception is
+deliberate: text inside a message that spells a special token (``"What does <|im_end|> mean?"``) is encoded
+as the text it is, never as the control token, so data cannot forge turn boundaries (``encode_messages``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from utils.data.collate import IGNORE_INDEX
+
+# Infinity-Instruct speaker names -> chat roles.
+ROLE_MAP = {"human": "user", "gpt": "assistant", "system": "system"}
+# Stands for one message's content while the template is rendered: private-use characters, never special and
+# never merged with the template's own text by the pre-tokenizer.
+PLACEHOLDER = "\ue000{}\ue001"
+
+
+class SkipRow(ValueError):
+    """A row that is skipped and counted; the message is the reason (the counter's key)."""
+
+
+def conversation_to_messages(conversation, default_system_prompt: str | None = None) -> list[dict]:
+    """Infinity-Instruct ``[{from, value}, ...]`` -> ``[{role, content}, ...]``, or raise ``SkipRow``.
+
+    Skipped: an empty conversation, an unknown speaker, a non-text value, an empty user or assistant turn (it
+    would teach the model to answer nothing), a system turn that is not first, or a conversation that does not
+    end with the assistant (nothing to learn at its end). An empty system turn is dropped.
+    """
+    if not conversation:
+        raise SkipRow("empty conversation")
+    messages = []
+    for turn in conversation:
+        role = ROLE_MAP.get((turn or {}).get("from"))
+        if role is None:
+            raise SkipRow("unknown role")
+        if not isinstance(turn.get("value"), str):
+            raise SkipRow("missing text")
+        if role == "system" and messages:
+            raise SkipRow("system turn not first")
+        if not turn["value"].strip():
+            if role == "system":
+                continue
+            raise SkipRow(f"empty {role} turn")
+        messages.append({"role": role, "content": turn["value"]})
+    if not messages or messages[-1]["role"] != "assistant":
+        raise SkipRow("does not end with an assistant turn")
+    if default_system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": default_system_prompt})
+    return messages
+
+
+def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Strings the tokenizer would turn into special (control) tokens."""
+    return [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+
+
+def encode_messages(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool = False
+) -> tuple[list[int], list[int]]:
+    """Token ids of ``messages`` through the chat template, and the assistant mask (1 = inside a
+    ``{% generation %}`` block: an assistant reply and its end-of-turn token).
+
+    Contents are tokenized as plain text: when one spells a special token, the template is rendered around
+    placeholders and each content is tokenized on its own with ``split_special_tokens``, as pretraining
+    text is. Otherwise the ids are exactly ``apply_chat_template``'s.
+    """
+    specials = special_texts(tokenizer)
+    plain = not any(s in m["content"] for m in messages for s in specials)
+    marks = [PLACEHOLDER.format(i) for i in range(len(messages))]
+    rendered = messages if plain else [{**m, "content": mark} for m, mark in zip(messages, marks)]
+    out = tokenizer.apply_chat_template(
+        rendered,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        add_generation_prompt=add_generation_prompt,
+    )
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    if plain:
+        return ids, mask
+    result_ids, result_mask, pos = [], [], 0
+    for mark, message in zip(marks, messages):
+        mark_ids = tokenizer(mark, add_special_tokens=False)["input_ids"]
+        at = next((i for i in range(pos, len(ids)) if ids[i : i + len(mark_ids)] == mark_ids), None)
+        if at is None:
+            raise ValueError("the chat template does not render message contents verbatim")
+        text_ids = tokenizer(message["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        result_ids += ids[pos:at] + text_ids
+        result_mask += mask[pos:at] + [mask[at]] * len(text_ids)
+        pos = at + len(mark_ids)
+    return result_ids + ids[pos:], result_mask + mask[pos:]
+
+
+@dataclass
+class EncodedChat:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> tuple[list[int], list[int]]:
+    ids, mask = encode_messages(tokenizer, messages)
+    return ids, [tok if bit else IGNORE_INDEX for tok, bit in zip(ids, mask)]
+
+
+def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_length: int | None) -> EncodedChat:
+    """Token ids and labels of a conversation; only assistant replies and their ``<|im_end|>`` are supervised.
+
+    A conversation longer than ``max_length`` is cut after the last assistant turn that still fits, so
+    no reply is cut in half. If not even the first assistant turn fits, raise ``SkipRow``.
+    """
+    ids, labels = _encode(tokenizer, messages)
+    truncated = False
+    if max_length is not None and len(ids) > max_length:
+        truncated = True
+        ends = [i + 1 for i, m in enumerate(messages) if m["role"] == "assistant"][:-1]
+        for end in reversed(ends):
+            ids, labels = _encode(tokenizer, messages[:end])
+            if len(ids) <= max_length:
+                break
+        else:
+            raise SkipRow("no complete assistant turn fits in max_length")
+    if all(label == IGNORE_INDEX for label in labels):
+        raise SkipRow("no supervised tokens")
+    return EncodedChat(ids, labels, truncated)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> list[int]:
+    """Token ids of ``messages`` followed by the assistant generation prompt."""
+    return encode_messages(tokenizer, messages, add_generation_prompt=True)[0]
+
+
+def completion_ids(tokenizer: PreTrainedTokenizerBase, prompt: list[dict], reply: list[dict]) -> list[int]:
+    """Ids of ``reply`` after ``prompt`` as one conversation renders them (ends with <|im_end|>)."""
+    head = prompt_ids(tokenizer, prompt)
+    full = encode_messages(tokenizer, prompt + reply)[0]
+    if full[: len(head)] != head:
+        raise ValueError("the chat template does not render the prompt as a prefix of prompt + reply")
+    return full[len(head) :]
+
+
+def keep_last_tokens(tokenizer: PreTrainedTokenizerBase, text: str, budget: int) -> tuple[str, bool]:
+    """The end of ``text`` that fits in ``budget`` tokens (cut on a token boundary), and whether it was cut."""
+    enc = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+    if len(enc["input_ids"]) <= budget:
+        return text, False
+    start = enc["offset_mapping"][len(enc["input_ids"]) - budget][0] if budget > 0 else len(text)
+    return text[start:], True
