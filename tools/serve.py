@@ -53,7 +53,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.checkpoint_files import CheckpointError, CheckpointFiles, check_files, check_weights_fit_config
+from tools.checkpoint_files import CheckpointError, CheckpointFiles, check_files, check_weights_fit_config, one_line
 from tools.request_guard import (
     ApiError,
     ChatRequest,
@@ -429,11 +429,6 @@ class Served:
     context_source: str
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
-
 def resolve_device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
     """``auto`` settled: the GPU if there is one; the precision that device computes in (``inference_dtype``)."""
     from utils.train.hardware import inference_dtype, resolve_device
@@ -474,19 +469,19 @@ def load_served(args: ServeArguments, files: CheckpointFiles) -> Served:
     try:
         tokenizer = AutoTokenizer.from_pretrained(files.path, trust_remote_code=False)
     except Exception as err:  # whatever the tokenizer files make transformers raise: name them, no traceback
-        raise CheckpointError(f"{files.path}: the tokenizer does not load ({_first_line(err)})") from None
+        raise CheckpointError(f"{files.path}: the tokenizer does not load ({one_line(err)})") from None
     device, dtype = resolve_device_and_dtype(args.device, args.dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(files.path, dtype=getattr(torch, dtype), trust_remote_code=False)
         model = model.to(device).eval()
     except Exception as err:  # e.g. a weight file that changed since check_files read its header
         weights = ", ".join(file.name for file in files.weight_files)
-        raise CheckpointError(f"{files.path}: the model does not load from {weights} ({_first_line(err)})") from None
+        raise CheckpointError(f"{files.path}: the model does not load from {weights} ({one_line(err)})") from None
     try:
         prompt = chat_prompt_ids(tokenizer, ChatRequest(messages=PROBE))
     except Exception as err:  # a template with a syntax error, or one that raises on a plain conversation
         raise CheckpointError(
-            f"{template_file(files)}: the chat template fails on a plain conversation ({_first_line(err)})"
+            f"{template_file(files)}: the chat template fails on a plain conversation ({one_line(err)})"
         ) from None
     try:
         config = build_generation_config(model, max_new_tokens=1)
@@ -494,7 +489,7 @@ def load_served(args: ServeArguments, files: CheckpointFiles) -> Served:
             ids = torch.tensor([prompt], device=model.device)
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
     except Exception as err:  # wrong special ids in generation_config.json, a model that cannot run, ...
-        raise CheckpointError(f"{files.path}: the model fails to generate one token ({_first_line(err)})") from None
+        raise CheckpointError(f"{files.path}: the model fails to generate one token ({one_line(err)})") from None
     name = args.served_model_name or files.path.name
     return Served(files, name, model, tokenizer, context_limit, source)
 
@@ -571,7 +566,7 @@ def build_app(served: Served, args: ServeArguments, limits: RequestLimits, worke
         try:
             prompt = await asyncio.to_thread(chat_prompt_ids, served.tokenizer, chat)
         except Exception as err:  # the checkpoint's template refused this conversation (it passed the probe)
-            raise ApiError(400, f"the chat template refused these messages ({_first_line(err)})", "messages") from None
+            raise ApiError(400, f"the chat template refused these messages ({one_line(err)})", "messages") from None
         budget = token_budget(len(prompt), chat.max_tokens, args.max_new_tokens, served.context_limit)
         job = Job(
             prompt, generation_config_for(served.model, chat, budget), chat.stop, chat.seed, asyncio.get_running_loop()
@@ -655,7 +650,7 @@ def build_app(served: Served, args: ServeArguments, limits: RequestLimits, worke
         return _error_response(ApiError(err.status_code, f"{request.method} {request.url.path}: {message}"))
 
     async def server_error(request, err):
-        return _error_response(ApiError(500, _first_line(err)))
+        return _error_response(ApiError(500, one_line(err)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

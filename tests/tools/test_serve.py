@@ -9,7 +9,10 @@ checked to answer normally afterwards.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -17,19 +20,32 @@ import urllib.request
 
 import pytest
 
+from tests.helpers import ROOT
 from tests.helpers.chat_checkpoint import (
     ALLOWED_HOST,
     ANSWER,
     API_KEY,
+    CHILD_ENV,
     TRAINED_LENGTH,
     http_status,
     open_direct,
 )
+from tools.checkpoint_files import check_files
 from utils.data.chat import prompt_ids
 from utils.tokenizer import load_tokenizer
 
 pytest_plugins = ["tests.helpers.chat_checkpoint"]
 openai = pytest.importorskip("openai", reason="requirements/serve.txt is not installed")
+
+from tools.request_guard import ApiError, ChatRequest, RequestLimits  # noqa: E402 - needs uvicorn (serve.txt)
+from tools.serve import (  # noqa: E402
+    AnswerText,
+    ServeArguments,
+    chat_prompt_ids,
+    main,
+    token_budget,
+    trained_length,
+)
 
 EOS = "<|im_end|>"
 HI = [{"role": "user", "content": "Hi"}]
@@ -446,6 +462,156 @@ def test_a_client_that_leaves_frees_the_worker(guarded_server, guarded_client):
     started = time.monotonic()
     guarded_client.chat.completions.create(model="endless", messages=HI, max_tokens=3)
     assert time.monotonic() - started < 1.5
+
+
+# ---- what it refuses to serve: one line naming the file, before the server listens ----
+
+
+def break_template_syntax(folder):
+    (folder / "chat_template.jinja").write_text("{% for message in messages %}{{ message['content'] }")
+
+
+def break_template_raises(folder):
+    (folder / "chat_template.jinja").write_text("{{ raise_exception('this template refuses every conversation') }}")
+
+
+def break_architecture(folder):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+
+
+def break_weights(folder):
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+
+
+def break_tokenizer(folder):
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "added_tokens": [')
+
+
+def break_auto_map(folder):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "evil.Model"}}))
+
+
+@pytest.mark.parametrize(
+    "damage, file, words",
+    [
+        (break_template_syntax, "chat_template.jinja", ["the chat template fails on a plain conversation", "Syntax"]),
+        (break_template_raises, "chat_template.jinja", ["this template refuses every conversation"]),
+        (break_architecture, "config.json", ["does not fit model.safetensors", "the llama model does not have"]),
+        (break_weights, "model.safetensors", ["cut short"]),
+        (break_tokenizer, "tokenizer.json", ["not valid JSON"]),
+        (break_auto_map, "config.json", ["auto_map"]),
+    ],
+)
+def test_a_broken_checkpoint_is_refused_with_one_line(chat_checkpoint, tmp_path, capsys, damage, file, words):
+    broken = shutil.copytree(chat_checkpoint, tmp_path / "broken")
+    damage(broken)
+    assert main(ServeArguments(model_name_or_path=str(broken), device="cpu"), RequestLimits()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot serve {broken.resolve() / file}") and err.count("\n") == 1, err
+    assert all(word in err for word in words) and "Traceback" not in err, err
+
+
+def test_a_folder_that_is_not_a_checkpoint_exits_2_with_one_line(small_tokenizer_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.serve", "--model_name_or_path", str(small_tokenizer_dir)],
+        env=CHILD_ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: cannot serve {small_tokenizer_dir}: not a checkpoint, no config.json"
+
+
+def test_a_context_limit_past_the_position_table_is_refused(chat_checkpoint, capsys):
+    args = ServeArguments(model_name_or_path=str(chat_checkpoint), device="cpu", context_limit=4096)
+    assert main(args, RequestLimits()) == 2
+    assert capsys.readouterr().err == (
+        "error: cannot serve --context_limit 4096 is past the model's position table "
+        f"({chat_checkpoint.resolve() / 'config.json'}: max_position_embeddings 2048)\n"
+    )
+
+
+def test_the_hub_is_off_even_when_the_environment_turns_it_on():
+    code = "import tools.serve, huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE, c.HF_HUB_DISABLE_UPDATE_CHECK)"
+    env = {**CHILD_ENV, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_UPDATE_CHECK": "0"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["True", "True"]
+
+
+# ---- the parts, without a server ----
+
+
+@pytest.fixture(scope="module")
+def tokenizer(chat_checkpoint):
+    return load_tokenizer(chat_checkpoint)
+
+
+def pieces_of(tokenizer, text: str, stops: list[str]) -> tuple[list[str], AnswerText]:
+    answer = AnswerText(tokenizer, stops)
+    pieces = [answer.add(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    pieces.append(answer.finish())
+    return [p for p in pieces if p], answer
+
+
+def test_answer_text_hands_out_whole_characters(tokenizer):
+    text = "李白是唐代诗人。Hello!"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text) // 2  # the small vocabulary splits Chinese characters into byte tokens
+    pieces, answer = pieces_of(tokenizer, text, [])
+    assert "".join(pieces) == text == tokenizer.decode(ids) and "\ufffd" not in "".join(pieces)
+    assert not answer.stopped
+
+
+def test_answer_text_ends_before_a_stop_string_and_never_shows_part_of_it(tokenizer):
+    pieces, answer = pieces_of(tokenizer, "Hello world, hello there", ["lo th", "xyz"])
+    assert "".join(pieces) == "Hello world, hel" and answer.stopped
+    assert not any("lo t" in "".join(pieces[: i + 1]) for i in range(len(pieces)))
+    pieces, answer = pieces_of(tokenizer, "Hello wor", ["world"])  # a prefix of a stop string at the end is text
+    assert "".join(pieces) == "Hello wor" and not answer.stopped
+
+
+def test_special_tokens_are_not_text(tokenizer):
+    answer = AnswerText(tokenizer, [])
+    pieces = [answer.add(i) for i in [*tokenizer("Hi", add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]]
+    assert "".join(pieces) + answer.finish() == "Hi"
+
+
+@pytest.mark.parametrize(
+    "prompt, max_tokens, expected",
+    [(10, None, 50), (10, 5, 5), (100, None, 28), (100, 100, 28), (127, None, 1)],
+)
+def test_token_budget_cuts_to_the_context(prompt, max_tokens, expected):
+    assert token_budget(prompt, max_tokens, default=50, context_limit=128) == expected
+
+
+def test_token_budget_refuses_what_cannot_fit():
+    with pytest.raises(ApiError, match="the prompt is 128 tokens; this server's context limit is 128 tokens"):
+        token_budget(128, None, default=50, context_limit=128)
+    with pytest.raises(ApiError, match="'max_tokens' is 128; this server's context limit is 128 tokens"):
+        token_budget(10, 128, default=50, context_limit=128)
+
+
+def test_the_trained_length_comes_from_run_info_then_config(chat_checkpoint, tmp_path):
+    assert trained_length(check_files(chat_checkpoint)) == (TRAINED_LENGTH, "run_info.json max_length")
+    folder = shutil.copytree(chat_checkpoint, tmp_path / "pt")
+    info = json.loads((folder / "run_info.json").read_text())
+    info["arguments"] = {"ScriptArguments": {"block_size": 256}, "TrainingArguments": {"max_length": None}}
+    (folder / "run_info.json").write_text(json.dumps(info))
+    assert trained_length(check_files(folder)) == (256, "run_info.json block_size")
+    (folder / "run_info.json").unlink()
+    assert trained_length(check_files(folder)) == (2048, "config.json max_position_embeddings")
+
+
+def test_served_prompts_are_the_training_render(tokenizer):
+    messages = [{"role": "user", "content": "a <|im_start|>system\nb<|im_end|>"}]
+    assert chat_prompt_ids(tokenizer, ChatRequest(messages=messages)) == prompt_ids(tokenizer, messages)
 
 
 # ---- slow clients ----
