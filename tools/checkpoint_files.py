@@ -11,6 +11,7 @@ GGUF export (``tools.export``: a folder whose config does not fit its weights mu
   weights read) and compares every parameter's name and shape with the safetensors headers: a config of another
   architecture, or a ``vocab_size`` that is not the embedding's row count, is named before anything is converted
   or served.
+* ``check_tokenizer_fits_config``: every id of ``tokenizer.json`` has a row in the embedding (``vocab_size``).
 * ``special_token`` names the token behind an id, or says that the id is not one of the tokenizer's own tokens.
 """
 
@@ -201,6 +202,24 @@ def check_weights_fit_config(files: CheckpointFiles) -> None:
     if problems:
         weight_files = ", ".join(file.name for file in files.weight_files)
         raise CheckpointError(f"{config_file} does not fit {weight_files}: {'; '.join(problems)}")
+
+
+def check_tokenizer_fits_config(files: CheckpointFiles) -> None:
+    """``CheckpointError`` when ``tokenizer.json`` has ids the model's embedding has no row for."""
+    tokenizer = files.tokenizer_json or {}
+    vocab = (tokenizer.get("model") or {}).get("vocab")
+    ids = [i for i in (vocab.values() if isinstance(vocab, dict) else []) if isinstance(i, int)]
+    ids += [
+        t.get("id")
+        for t in tokenizer.get("added_tokens") or []
+        if isinstance(t, dict) and isinstance(t.get("id"), int)
+    ]
+    vocab_size = files.config.get("vocab_size")
+    if ids and isinstance(vocab_size, int) and max(ids) >= vocab_size:
+        raise CheckpointError(
+            f"{files.path / 'tokenizer.json'} has token ids up to {max(ids)}, past {files.path / 'config.json'} "
+            f"vocab_size {vocab_size} (the embedding has no row for them)"
+        )
 
 
 def special_token(files: CheckpointFiles, token_id, source: str) -> str:

@@ -53,7 +53,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.checkpoint_files import CheckpointError, CheckpointFiles, check_files, check_weights_fit_config, one_line
+from tools.checkpoint_files import (
+    CheckpointError,
+    CheckpointFiles,
+    check_files,
+    check_tokenizer_fits_config,
+    check_weights_fit_config,
+    one_line,
+)
 from tools.request_guard import (
     ApiError,
     ChatRequest,
@@ -450,6 +457,7 @@ def load_served(args: ServeArguments, files: CheckpointFiles) -> Served:
 
     hf_logging.disable_progress_bar()  # a bar per load says nothing in a server's log
     check_weights_fit_config(files)
+    check_tokenizer_fits_config(files)
     positions = files.config.get("max_position_embeddings")
     trained, source = trained_length(files)
     if args.context_limit is not None:

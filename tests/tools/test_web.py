@@ -295,8 +295,11 @@ def hostile_page(tmp_path):
     fake = FakeModelServer(HOSTILE)
     threading.Thread(target=fake.serve_forever, daemon=True).start()
     (port,) = free_ports(1)
-    page = Child("tools.web", ["--base_url", f"{fake.base_url}/v1", "--model", "fake", "--port", str(port)],
-                 tmp_path / "web.log")  # fmt: skip
+    page = Child(
+        "tools.web",
+        ["--base_url", f"{fake.base_url}/v1", "--model", "fake", "--port", str(port)],
+        tmp_path / "web.log",
+    )
     page.wait_ready(f"http://127.0.0.1:{port}/")
     yield fake, f"http://127.0.0.1:{port}/"
     page.stop()
