@@ -37,9 +37,9 @@ from utils.tokenizer import load_tokenizer
 pytest_plugins = ["tests.helpers.chat_checkpoint"]
 openai = pytest.importorskip("openai", reason="requirements/serve.txt is not installed")
 
+from tools.generation_worker import AnswerText  # noqa: E402
 from tools.request_guard import ApiError, ChatRequest, RequestLimits  # noqa: E402 - needs uvicorn (serve.txt)
 from tools.serve import (  # noqa: E402
-    AnswerText,
     ServeArguments,
     chat_prompt_ids,
     main,
