@@ -309,7 +309,7 @@ def coverage_note(covered: dict[str, dict]) -> str:
     listed = "; ".join(f"{SPECS[bench]['title']}: {', '.join(reasons)}" for bench, reasons in partial.items())
     return (
         f"Not the full benchmark splits ({listed}): these scores are not comparable with published results, and "
-        "none is marked above chance."
+        "none of them is marked above chance."
     )
 
 
