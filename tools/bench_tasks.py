@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from tools.bench_data import hub_listing
-from utils.data.parquet import DataError, read_rows
+from utils.data.parquet import DataError, open_parquet, read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -148,14 +148,17 @@ def answer_problem(rule: tuple, row: dict) -> str | None:
 
 def check_files(spec: dict, files: dict[str, list[str]]) -> None:
     """Every file must be readable parquet with the columns lm_eval reads, and every row's answer scorable;
-    otherwise ``DataError`` names the file, the row and what is wrong."""
-    for paths in files.values():
-        for path, index, row in read_rows([Path(p) for p in paths], spec["columns"]):
-            if row is None:
-                raise DataError(f"{path}: row {index} is not valid UTF-8")
-            problem = answer_problem(spec["answer"], row)
-            if problem:
-                raise DataError(f"{path}: row {index}: {problem}")
+    otherwise ``DataError`` names the file, the row and what is wrong. Only the answer's columns are read by row."""
+    paths = [Path(p) for split_files in files.values() for p in split_files]
+    for path in paths:
+        open_parquet(path, spec["columns"])
+    _, *answer_columns = spec["answer"]
+    for path, index, row in read_rows(paths, answer_columns):
+        if row is None:
+            raise DataError(f"{path}: row {index} is not valid UTF-8")
+        problem = answer_problem(spec["answer"], row)
+        if problem:
+            raise DataError(f"{path}: row {index}: {problem}")
 
 
 class TaskYamlLoader(yaml.SafeLoader):
