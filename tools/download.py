@@ -139,10 +139,21 @@ def stage_jobs(stage: str, data_dir: Path, domains: list[str] | None) -> list[Jo
 
 
 def fetch(job: Job, modelscope: str, hf: str = "hf") -> None:
-    """Download one job (skipped when already complete), verify it and write its manifest."""
+    """Download one job (skipped when already complete at the same revision), verify it and write its manifest."""
     if (job.folder / COMPLETE).is_file():
-        logger.info("%s already complete, skipping", job.folder)
-        return
+        recorded = json.loads((job.folder / MANIFEST).read_text(encoding="utf-8")).get("revision")
+        if recorded == job.revision:
+            logger.info("%s already complete, skipping", job.folder)
+            return
+        # Another revision's files would be read alongside the new ones (the task configs glob the folder).
+        logger.warning(
+            "%s holds %s at %s, %s is pinned now: replacing its files",
+            job.folder,
+            job.repo,
+            recorded or "an unrecorded revision",
+            job.revision,
+        )
+        remove_download(job.folder)
     job.folder.mkdir(parents=True, exist_ok=True)
     if job.hub == "hf":  # hf takes one glob per --include/--exclude
         command = [hf, "download", job.repo, *(job.files or []), "--repo-type", job.repo_type]
@@ -159,6 +170,15 @@ def fetch(job: Job, modelscope: str, hf: str = "hf") -> None:
         job.after(job.folder)
     write_manifest(job)
     (job.folder / COMPLETE).touch()
+
+
+def remove_download(folder: Path) -> None:
+    """Delete the files a folder's manifest lists (what an earlier download left), then the manifest and marker."""
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    for entry in manifest["files"]:
+        (folder / entry["name"]).unlink(missing_ok=True)
+    (folder / MANIFEST).unlink()
+    (folder / COMPLETE).unlink()
 
 
 def write_manifest(job: Job) -> dict:

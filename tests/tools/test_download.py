@@ -194,3 +194,31 @@ def test_one_failing_benchmark_does_not_stop_the_others(tmp_path):
     assert re.search(r"arrived  \S*gsm8k: 2 files, [\d.]+ MB from openai/gsm8k@740312add88f", summary)
     assert re.search(r"MISSING  \S*hellaswag: `\S+ download Rowan/hellaswag \.\.\.` exited with status 1", summary)
     assert done.stderr.strip().splitlines()[-1].endswith("1 download(s) did not arrive: " + str(data / "hellaswag"))
+
+
+def test_a_folder_downloaded_at_another_revision_is_replaced(tmp_path):
+    """Files of an earlier revision would be read alongside the pinned ones: they are removed first."""
+    folder = tmp_path / "data" / "bench" / "gsm8k"
+    stale = folder / "main" / "test-00000-of-00002.parquet"
+    stale.parent.mkdir(parents=True)
+    shutil.copy(FIXTURES / "gsm8k/main/test-00000-of-00001.parquet", stale)
+    manifest = {
+        "repo": "openai/gsm8k",
+        "requested": ["main/*.parquet"],
+        "files": [{"name": "main/test-00000-of-00002.parquet", "bytes": 1}],
+    }
+    (folder / "MANIFEST.json").write_text(json.dumps(manifest))  # written before revisions were recorded
+    (folder / ".complete").touch()
+    cli, _ = fake_hf_cli(tmp_path)
+    done = run_download(tmp_path, cli)
+    assert done.returncode == 0, done.stderr
+    assert (
+        "holds openai/gsm8k at an unrecorded revision, 740312add88f781978c0658806c59bc2815b9866 is pinned now"
+        in done.stderr
+    )
+    assert not stale.exists()
+    assert sorted(p.name for p in (folder / "main").glob("*.parquet")) == [
+        "test-00000-of-00001.parquet",
+        "train-00000-of-00001.parquet",
+    ]
+    assert json.loads((folder / "MANIFEST.json").read_text())["revision"] == "740312add88f781978c0658806c59bc2815b9866"
