@@ -12,9 +12,15 @@ are scored on raw text, SFT/DPO checkpoints through their chat template with few
 (``run_info.json`` tells them apart, as in mini_qwen_eval.py; ``--mode`` overrides).
 
 Writes to ``--output_dir``: ``bench.json`` (every metric with its standard error, documents scored, the random-guess
-baseline, versions), ``bench.md`` (the table, also printed), ``raw/<checkpoint>.json`` (lm_eval's own results) and
-``tasks/`` (the generated task configs). ``utils.evaluation.bench_table_markdown("results/bench/bench.json")``
-renders the table again, e.g. for another report.
+baseline, whether each benchmark was scored on its full split and if not why, versions), ``bench.md`` (the table, also
+printed), ``raw/<checkpoint>.json`` (lm_eval's own results) and ``tasks/`` (the generated task configs).
+``utils.evaluation.bench_table_markdown("results/bench/bench.json")`` renders the table again, e.g. for another
+report. A run on less than a benchmark's full split (the fixtures, ``--limit``, missing subjects) says so in the
+table's title and rows and in bench.json, and marks no score above chance.
+
+Bad input stops the run before lm_eval starts, naming it: a folder that is not a checkpoint, the same checkpoint
+twice, a ``--limit`` that is not a number of questions, a task file that is not parquet, lacks a column lm_eval
+reads or holds an answer that is not one of its choices (file and row).
 """
 
 from __future__ import annotations
