@@ -179,9 +179,12 @@ def local_url(host: str, port: int, path: str = "") -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
 
 
-def check_chat_checkpoint(folder: str | os.PathLike) -> CheckpointFiles:
-    """``check_files`` plus what serving needs: a chat template. No torch: a wrong path fails in a second."""
+def check_checkpoint(folder: str | os.PathLike, chat_template: bool = True) -> CheckpointFiles:
+    """``check_files`` plus what serving needs: a chat template (unless not ``chat_template``: a benchmark scores a
+    PT checkpoint on raw text). No torch: a wrong path fails in a second."""
     files = check_files(folder)
+    if not chat_template:
+        return files
     if not (files.path / "chat_template.jinja").is_file() and not files.tokenizer_config.get("chat_template"):
         raise CheckpointError(f"{files.path}: the tokenizer has no chat template (chat_template.jinja)")
     return files
@@ -470,7 +473,7 @@ def build_app(served: Served, args: ServeArguments, limits: RequestLimits, worke
 def main(args: ServeArguments, limits: RequestLimits) -> int:
     """Check and load the checkpoint (exit code 2 with one line if it cannot be served), serve until Ctrl-C."""
     try:
-        files = check_chat_checkpoint(args.model_name_or_path)
+        files = check_checkpoint(args.model_name_or_path)
     except CheckpointError as err:
         print(f"error: cannot serve {err}", file=sys.stderr)
         return 2
