@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from tools.checkpoint_files import CheckpointError, CheckpointFiles
-from tools.serve import check_chat_checkpoint, local_url
+from tools.serve import check_checkpoint, local_url
 
 
 @dataclass
@@ -131,7 +131,7 @@ def raise_interrupt(signum, frame):
 def main(args: ChatLauncherArguments) -> int:
     """0 after Ctrl-C or SIGTERM, 1 if a child failed, 2 if the folder is not a checkpoint."""
     try:
-        checkpoint = check_chat_checkpoint(args.model_name_or_path)
+        checkpoint = check_checkpoint(args.model_name_or_path)
     except CheckpointError as err:
         print(f"error: cannot serve {err}", file=sys.stderr)
         return 2

@@ -493,7 +493,12 @@ def main(args: ServeArguments, limits: RequestLimits) -> int:
     app = build_app(served, args, limits, worker)
     defaults = files.generation_config
     sampling = " ".join(f"{key}={defaults[key]}" for key in SAMPLING_DEFAULTS if key in defaults) or "none (greedy)"
-    print(f"serving {files.path} (stage: {files.stage or 'unknown'}) as model '{served.name}'", flush=True)
+    model = served.model
+    print(
+        f"serving {files.path} (stage: {files.stage or 'unknown'}) as model '{served.name}' on {model.device} "
+        f"({str(model.dtype).removeprefix('torch.')})",
+        flush=True,
+    )
     print(f"sampling defaults (generation_config.json): {sampling}", flush=True)
     print(
         f"context limit: {served.context_limit} tokens ({served.context_source}); one answer at a time, "

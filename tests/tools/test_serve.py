@@ -186,7 +186,7 @@ def test_errors_are_the_clients_exception_types(client):
 
 def test_the_server_says_what_it_serves(chat_server, chat_checkpoint):
     log = chat_server[0].output()
-    assert f"serving {chat_checkpoint.resolve()} (stage: sft) as model 'mini'" in log
+    assert f"serving {chat_checkpoint.resolve()} (stage: sft) as model 'mini' on cpu (float32)" in log
     assert (
         "sampling defaults (generation_config.json): do_sample=True temperature=0.7 top_p=0.8 top_k=20 "
         "repetition_penalty=1.1" in log
