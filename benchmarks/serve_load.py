@@ -110,6 +110,10 @@ class Server:
                 raise SystemExit(f"the server exited with {self.popen.returncode}:\n{''.join(self.lines)}")
             time.sleep(0.05)
         self.ready_s = time.perf_counter() - started
+        # CPU seconds the start took (user + system): what the wall time is on an idle machine, where the start is
+        # one busy thread; on a shared one the wall time also holds the waits for a core.
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        self.cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         while not any(line.startswith("ready in") for line in self.lines):  # printed right after it listens
             time.sleep(0.05)
         self.own_report = next(line.strip() for line in self.lines if line.startswith("ready in"))
@@ -288,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {
         "checkpoint": args.model_name_or_path or "tiny random Qwen2 (2 layers, hidden 64, Qwen2.5 tokenizer)",
         "cold_start_s": [round(s.ready_s, 1) for s in servers],
+        "cold_start_cpu_s": [round(s.cpu_s, 1) for s in servers],
+        "load_average": os.getloadavg()[0],
         "serving": server.serving,
         "server_reports": [s.own_report for s in servers],
         "normal_alone": summary(normal_only[NORMAL]),
@@ -312,7 +318,9 @@ def report(figures: dict, args) -> str:
         f"checkpoint: {figures['checkpoint']}",
         f"server: {figures['serving']}",
         f"cold start (python -m tools.serve until /health answers 200), {len(starts)} runs: median "
-        f"{statistics.median(starts):.1f} s (runs: {', '.join(f'{s:.1f}' for s in starts)})",
+        f"{statistics.median(starts):.1f} s (runs: {', '.join(f'{s:.1f}' for s in starts)}), of CPU time "
+        f"{statistics.median(figures['cold_start_cpu_s']):.1f} s; load average {figures['load_average']:.1f} on "
+        f"{os.cpu_count()} cores",
         f"  the server's own report, last run: {figures['server_reports'][-1]}",
         f"load: {args.clients} clients, {args.requests} requests per run, normal answers of {args.max_tokens} tokens",
         f"{'':34} {'count':>5}  {'statuses':<14} {'median':>8} {'p95':>8} {'max':>8}",
