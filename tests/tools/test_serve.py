@@ -675,5 +675,5 @@ def test_ctrl_c_stops_a_busy_server_within_seconds(guarded_server, guarded_clien
     code = server.stop()
     seconds = time.monotonic() - started
     print(f"stopped {seconds:.1f} s after Ctrl-C")
-    assert code == 0 and seconds < 10  # --shutdown_timeout 1: the running answer is cut after a second
+    assert code == 0 and seconds < 5  # the running answer ends at its next token; no interpreter teardown
     assert "Traceback" not in server.output()
