@@ -31,8 +31,6 @@ from datatrove.utils.batching import batched
 
 from tools.curate.recipe import QUALITY_BOUNDS
 from tools.curate.words import is_chinese, split_words
-from utils.data.chat import SkipRow, conversation_to_messages
-from utils.data.dpo import preference_pair
 from utils.data.parquet import EMPTY_TEXT, INVALID_UTF8, DataError, check_text_column, iter_batches, open_parquet
 
 logger = logging.getLogger(__name__)
@@ -55,7 +53,7 @@ LEDGER_SCHEMA = pa.schema(
         ("chars", pa.int64()),
         ("bytes", pa.int64()),
         ("tokens", pa.int64()),
-        ("text_hash", pa.uint64()),
+        ("text_hash", pa.string()),
         ("cluster", pa.int64()),
         ("example", pa.string()),
     ]
@@ -81,33 +79,45 @@ def exact_content(doc: Document) -> bytes:
 
 
 def _chat_text(kind: str, row: dict) -> str:
-    """The text of a conversation or a preference pair that dedup and decontamination look at (the stages'
-    own parsing, so a row they skip raises ``SkipRow`` with their reason)."""
+    """The text of a conversation or a preference pair that dedup and decontamination look at, parsed by the
+    stages' own functions: a row they would skip raises their ``SkipRow`` with their reason.
+
+    Imported here rather than at the top: the DPO module loads torch and TRL, seconds in every worker process,
+    which PT curation never needs."""
+    from utils.data.chat import conversation_to_messages
+    from utils.data.dpo import preference_pair
+
     if kind == "sft":
         return "\n".join(m["content"] for m in conversation_to_messages(row["conversations"]))
     pair = preference_pair(row, tokenizer=None)
     return "\n".join(m["content"] for m in (*pair.prompt, *pair.chosen, *pair.rejected))
 
 
+def _skip_reason(kind: str, row: dict | None) -> tuple[str, str]:
+    """``(text, "")`` for a usable row, ``("", reason)`` for one the stages would skip."""
+    if row is None:
+        return "", INVALID_UTF8
+    if kind == "pt":
+        text = row["text"]
+        return ("", EMPTY_TEXT) if text is None or not text.strip() else (text, "")
+    from utils.data.chat import SkipRow
+
+    try:
+        return _chat_text(kind, row), ""
+    except SkipRow as reason:
+        return "", str(reason)
+
+
 def make_document(kind: str, relpath: str, index: int, row: dict | None, keep_row: bool) -> Document:
     """One input row as a Document; ``metadata["bad"]`` holds the reason when the stages would skip it."""
     metadata = {"path": relpath, "row": index, "bad": "", "source_id": "", "domain": "", "language": ""}
-    text = ""
     try:
-        if row is None:
-            raise SkipRow(INVALID_UTF8)
-        if kind == "pt":
-            text = row["text"]
-            if text is None or not text.strip():
-                raise SkipRow(EMPTY_TEXT)
-        else:
-            text = _chat_text(kind, row)
-    except SkipRow as reason:
-        # The row as read stands in for the text in the report's examples.
-        metadata["bad"], metadata["raw"], text = str(reason), "(not valid UTF-8)" if row is None else str(row), ""
+        text, metadata["bad"] = _skip_reason(kind, row)
     except (TypeError, AttributeError, KeyError) as err:
         what = "conversation" if kind == "sft" else "preference row"
         raise DataError(f"{relpath}, row {index}: malformed {what} ({err!r})") from err
+    if metadata["bad"]:  # the row as read stands in for the text in the report's examples
+        metadata["raw"] = "(not valid UTF-8)" if row is None else str(row)
     if row is not None:
         source_id = row.get("_id", row.get("id"))
         metadata["source_id"] = "" if source_id is None else str(source_id)
@@ -246,7 +256,7 @@ class LedgerWriter(ParquetWriter):
             "chars": len(document.text),
             "bytes": text_bytes,
             "tokens": meta.get("tokens"),
-            "text_hash": xxhash.xxh64_intdigest(exact_content(document)) if self.hash_text else None,
+            "text_hash": xxhash.xxh64_hexdigest(exact_content(document)) if self.hash_text else None,
             "cluster": meta.get("minhash_cluster_id"),
             "example": example,
         }

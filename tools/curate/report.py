@@ -93,7 +93,7 @@ class Totals:
         self.reasons = defaultdict(lambda: np.zeros(4))
         self.examples: dict[tuple[str, str], list[dict]] = defaultdict(list)
         self.decontaminated: list[dict] = []
-        self.hashes_kept: dict[int, str] = {}
+        self.hashes_kept: dict[str, str] = {}
         self.cluster_kept: dict[int, str] = {}
 
     def add(self, frame: pd.DataFrame, examples_per_reason: int) -> None:
@@ -116,8 +116,8 @@ class Totals:
         ].to_dict("records")
         kept = frame[frame["fate"] == "kept"]
         for h, doc in zip(kept["text_hash"], _ids(kept)):
-            if pd.notna(h):
-                self.hashes_kept.setdefault(int(h), doc)
+            if isinstance(h, str):
+                self.hashes_kept.setdefault(h, doc)
         for c, doc in zip(kept["cluster"], _ids(kept)):
             if pd.notna(c) and c >= 0:
                 self.cluster_kept.setdefault(int(c), doc)
@@ -446,8 +446,8 @@ def write_report(recipe: CurateArguments) -> dict:
         for ex in examples:
             where = f"{ex['path']}#{ex['row']}" + (f" (id {ex['source_id']})" if ex["source_id"] else "")
             extra = f" — {ex['detail']}" if ex.get("detail") else ""
-            if fate == "exact_duplicate" and pd.notna(ex.get("text_hash")):
-                twin = totals.hashes_kept.get(int(ex["text_hash"]))
+            if fate == "exact_duplicate" and isinstance(ex.get("text_hash"), str):
+                twin = totals.hashes_kept.get(ex["text_hash"])
                 extra += f" — same text as kept {twin}" if twin else ""
             if fate == "near_duplicate" and pd.notna(ex.get("cluster")):
                 twin = totals.cluster_kept.get(int(ex["cluster"]))
