@@ -266,4 +266,4 @@ class MinhashSignature(MinhashDedupSignature):
         if self._hasher is None:
             self._hasher = MinHasher(self.num_hashes, self.config.seed)
         signature = self._hasher.signature(shingles.reshape(-1))
-        return [part.tolist() for part in np.split(signature, self.config.num_buckets)]
+        return signature.reshape(self.config.num_buckets, self.config.hashes_per_bucket).tolist()

@@ -262,17 +262,9 @@ def _plot_histograms(
     for ax, f in zip(axes.flat, present):
         hist = histograms[f]
         edges = hist["edges"]
-        widths = np.diff(edges)
-        ax.bar(edges[:-1], hist["kept"], width=widths, align="edge", color="tab:blue", label="kept")
-        ax.bar(
-            edges[:-1],
-            hist["removed"],
-            width=widths,
-            align="edge",
-            bottom=hist["kept"],
-            color="tab:orange",
-            label="removed (any step)",
-        )
+        # Stacked: removed on top of kept. One artist per series (stairs), not one per bin (bar): much faster.
+        ax.stairs(hist["kept"] + hist["removed"], edges, fill=True, color="tab:orange", label="removed (any step)")
+        ax.stairs(hist["kept"], edges, fill=True, color="tab:blue", label="kept")
         if f in LOG_FIELDS:
             ax.set_xscale("log")
             # Plain numbers: the default log labels are mathtext, whose fonts are often missing (a warning each).

@@ -7,8 +7,8 @@ lowercased and NFKD-normalized with combining marks dropped (``café`` == ``cafe
 datatrove's ``simplify_text`` does before MinHash, so that copies differing only in case or accents still match.
 Numbers stay as they are (datatrove turns them all into 0): a table of figures is not a repetition of one figure.
 
-Every word gets a 64-bit hash (a polynomial over its code points, mixed by splitmix64) and every n-gram a hash of
-its n word hashes. Python's ``hash`` is salted per process and a per-n-gram xxhash call costs a Python round trip
+Every word gets a 64-bit hash (a polynomial over fixed random values of its code points) and every n-gram a hash
+of its n word hashes. Python's ``hash`` is salted per process and a per-n-gram xxhash call costs a Python round trip
 for each character of a Chinese text; these hashes are identical in every process and cost a few numpy passes
 per document. MinHash, decontamination and the repetition heuristics all read the same words.
 """
@@ -47,7 +47,8 @@ _NGRAM_MULTIPLIER = _U64(0x9E3779B97F4A7C15)  # odd: the rolling combination los
 def character_classes() -> np.ndarray:
     """The class of every code point (one byte each)."""
     classes = np.full(0x110000, SYMBOL, dtype=np.uint8)
-    for cp in range(0x110000):
+    # Planes 0-3 and the variation selectors of plane 14; the rest is unassigned or private use (symbols).
+    for cp in (*range(0x32400), *range(0xE0000, 0xE0200)):
         if 0xD800 <= cp <= 0xDFFF:  # surrogates never appear in a decoded str
             continue
         char = chr(cp)
@@ -99,10 +100,19 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFKD", text.lower())
 
 
+@lru_cache(maxsize=1)
+def code_point_values() -> np.ndarray:
+    """A fixed random 64-bit value per code point (the same in every process: a seeded generator)."""
+    return np.frombuffer(np.random.RandomState(0x6D696E69).bytes(8 * 0x110000), dtype=_U64)
+
+
 @lru_cache(maxsize=2)
 def split_words(text: str) -> Words:
     """The words of ``text`` (see the module docstring). Cached for the last two texts: MinHash and
-    decontamination run one after the other on the same document."""
+    decontamination run one after the other on the same document.
+
+    A word's hash is a polynomial over its characters' random values, ``sum_j v(c_j) K^-j``, read off prefix sums
+    over the whole text as ``NgramHasher`` does for n-grams: a handful of numpy passes per document."""
     classes = character_classes()
     chars = np.frombuffer(normalize(text).encode("utf-32-le"), dtype=np.uint32)
     kind = classes[chars]
@@ -110,27 +120,23 @@ def split_words(text: str) -> Words:
         keep = kind != MARK
         chars, kind = chars[keep], kind[keep]
     is_letter = kind == LETTER
+    is_cjk = kind == CJK
     after_letter = np.zeros_like(is_letter)
     after_letter[1:] = is_letter[:-1]
-    starts_word = (kind == CJK) | (is_letter & ~after_letter)
-    in_word = np.flatnonzero(is_letter | (kind == CJK))
+    in_word = np.flatnonzero(is_letter | is_cjk)
     symbols = int(np.count_nonzero(kind == SYMBOL))
     non_space = int(kind.size - np.count_nonzero(kind == SPACE))
     if in_word.size == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Words(np.zeros(0, dtype=_U64), empty, empty, chars, 0, symbols, non_space)
-    first = np.flatnonzero(starts_word[in_word])  # index into in_word of each word's first character
-    word_of = np.cumsum(starts_word[in_word]) - 1
-    position = np.arange(in_word.size) - first[word_of]
+    first = np.flatnonzero((is_cjk | (is_letter & ~after_letter))[in_word])  # each word's first character
+    ends = np.append(first[1:], in_word.size)
+    up, down = _powers(in_word.size + 1)
     with np.errstate(over="ignore"):
-        # Each character's mixed code point, weighted by an odd factor that depends on its place in the word,
-        # summed per word: a position-dependent hash of the word's characters.
-        mixed = splitmix64(chars[in_word].astype(_U64) + _U64(1))
-        mixed *= _U64(2) * position.astype(_U64) + _U64(1)
-        hashes = splitmix64(np.add.reduceat(mixed, first))
-    lengths = np.diff(np.append(first, in_word.size))
-    cjk = int(np.count_nonzero(kind[in_word[first]] == CJK))
-    return Words(hashes, in_word[first].astype(np.int64), lengths.astype(np.int64), chars, cjk, symbols, non_space)
+        prefix = np.concatenate(([_U64(0)], np.cumsum(code_point_values()[chars[in_word]] * down[: in_word.size])))
+        hashes = (prefix[ends] - prefix[first]) * up[first]
+    cjk = int(np.count_nonzero(is_cjk[in_word[first]]))
+    return Words(hashes, in_word[first], ends - first, chars, cjk, symbols, non_space)
 
 
 @lru_cache(maxsize=1)
@@ -199,7 +205,7 @@ class MinHasher:
     64-bit modulo that makes numpy several times slower; shingles are already uniformly mixed 64-bit values.
     The minimum is taken over blocks of shingles so that the working array stays in cache."""
 
-    BLOCK = 128
+    BLOCK = 512
 
     def __init__(self, num_hashes: int, seed: int):
         rng = np.random.RandomState(seed)
