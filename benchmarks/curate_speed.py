@@ -164,8 +164,8 @@ def main() -> None:
     small, large = runs
     mb, documents, extra_mb = large["mb"], large["documents"], large["mb"] - small["mb"]
     print(
-        f"corpus: {documents:,} documents, {mb:.1f} MB of text (and {small['mb']:.1f} MB for the difference); "
-        f"recipe {args.config}, token_sample_every={large['token_sample_every']}\n"
+        f"corpus: {documents:,} documents, {mb:.1f} MB of text; marginal rates: its {extra_mb:.1f} MB more "
+        f"than a {small['mb']:.1f} MB run; recipe {args.config}, token_sample_every={large['token_sample_every']}\n"
     )
     header = f"{'stage':<16}{'wall s':>8}{'CPU s':>8}{'MB/s':>8}{'docs/s':>9}{'marginal MB/s (CPU)':>22}"
     print(header)
