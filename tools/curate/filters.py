@@ -103,20 +103,9 @@ class HeuristicFilter(BaseFilter):
         return True
 
 
-# Text fields of one benchmark item, per benchmark (utils.bench_tasks.SPECS names the files); lists and
-# structs contribute their strings (ARC's choices: {"text": [...], "label": [...]} gives the texts).
-BENCHMARK_FIELDS = {
-    "ceval": ["question", "A", "B", "C", "D"],
-    "cmmlu": ["Question", "A", "B", "C", "D"],
-    "mmlu": ["question", "choices"],
-    "arc_easy": ["question", "choices"],
-    "arc_challenge": ["question", "choices"],
-    "hellaswag": ["ctx", "endings"],
-    "gsm8k": ["question", "answer"],
-}
-
-
 def _strings(value) -> list[str]:
+    """The strings in a benchmark cell: lists and structs give theirs (ARC's choices, {"text": [...], "label": [...]},
+    give the texts); numbers (an answer index) give none."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
@@ -147,7 +136,7 @@ def build_decont_index(bench_dir: str, n: int, out_dir: str) -> dict:
         )
     hashes, owners, questions, too_short = [], [], [], 0
     for bench, path in benchmark_files(bench_dir):
-        fields = BENCHMARK_FIELDS[bench]
+        fields = SPECS[bench]["columns"]  # what lm_eval's prompt and target read
         for start, rows in iter_batches(path, [f for f in fields if f in pq.read_schema(path).names]):
             for offset, row in enumerate(rows):
                 text = "\n".join(s for f in fields for s in _strings((row or {}).get(f)))
