@@ -9,6 +9,7 @@ the report can count them.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -161,6 +162,7 @@ def build_decont_index(bench_dir: str, n: int, out_dir: str) -> dict:
     np.savez(out / "index.npz", hashes=unique, owners=all_owners[first])
     pq.write_table(pa.Table.from_pylist(questions), out / "questions.parquet")
     summary = {"questions": len(questions), "too_short": too_short, "ngrams": int(unique.size), "n": n}
+    (out / "summary.json").write_text(json.dumps(summary))
     logger.info(
         "Decontamination index: %d benchmark items (%d shorter than %d words, not indexed), %d n-grams",
         len(questions),

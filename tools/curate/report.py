@@ -356,9 +356,8 @@ def write_report(recipe: CurateArguments) -> dict:
         "",
         f"Input `{recipe.input_dir}` ({summary['input_rows']:,} rows) -> curated copy `{recipe.output_dir}` "
         f"({summary['kept']:,} rows, {summary['kept'] / max(summary['input_rows'], 1):.1%}). "
-        f"A document here is one {DOCUMENT_NAMES[recipe.kind]} (one input row). Every row is kept or removed by "
-        f"exactly one step, the first that removed it, for the reason listed: the counts below add up to the "
-        f"input. {note_tokens}",
+        f"Each input row is one {DOCUMENT_NAMES[recipe.kind]}. Every row is kept or removed by exactly one step, "
+        f"the first that removed it, for the reason listed: the counts below add up to the input. {note_tokens}",
         "",
         "## Headline",
         "",
@@ -450,11 +449,14 @@ def write_report(recipe: CurateArguments) -> dict:
         pd.DataFrame(totals.decontaminated, columns=["path", "row", "source_id", "detail"]).to_csv(
             out / "decontaminated.csv", index=False
         )
+        index = json.loads((Path(recipe.work_dir) / "decont" / "summary.json").read_text())
         lines += [
             "## Benchmark overlap",
             "",
-            f"{len(totals.decontaminated)} documents shared a {recipe.decont_ngram}-word n-gram with a "
-            f"benchmark question and were removed; all are listed in `decontaminated.csv`.",
+            f"{len(totals.decontaminated)} documents shared a {recipe.decont_ngram}-word n-gram with one of the "
+            f"{index['questions']:,} benchmark items indexed from `{recipe.bench_dir}` (their evaluated splits; "
+            f"{index['too_short']:,} items shorter than {recipe.decont_ngram} words could not be) and were removed; "
+            f"all are listed in `decontaminated.csv`.",
             "",
         ]
         lines += _md_table(
