@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 from collections import Counter
@@ -19,7 +20,7 @@ pytest.importorskip("datatrove", reason="install requirements/curate.txt (bash r
 
 from datatrove.executor import SlurmPipelineExecutor  # noqa: E402
 
-from tests.helpers import MINI_DATA, REAL_SAMPLES, needs_real_samples  # noqa: E402
+from tests.helpers import MINI_DATA, REAL_SAMPLES, ROOT, needs_real_samples  # noqa: E402
 from tests.stages.test_bad_input import invalid_utf8_strings  # noqa: E402
 from tests.stages.test_stages import losses, run_pt  # noqa: E402
 from tools.curate.heuristics import check_repetition, duplicate_line_fraction  # noqa: E402
@@ -470,6 +471,65 @@ def test_the_slurm_switch_builds_the_same_stages_as_job_arrays(tmp_path):
     assert all(isinstance(e, SlurmPipelineExecutor) for e in chain)
     assert [e.tasks for e in chain] == [64, 1, 64, recipe.minhash_buckets, 1, 64, 1]
     assert [e.job_name for e in chain][0] == "curate_pt_1_filter" and chain[0].partition == "cpu"
+    # The nodes run datatrove's launcher script: the repository must reach their PYTHONPATH.
+    assert f"export PYTHONPATH={ROOT}" in chain[0].env_command
+
+
+FAKE_SBATCH = """#!/usr/bin/env python3
+# Runs an sbatch script's array tasks one after the other, here and now, as a cluster would (one at a time, so a job
+# that depends on another finds it done), and answers like sbatch.
+import os, re, subprocess, sys
+script = sys.argv[-1]
+text = open(script).read() + "#SBATCH --array=0-0"  # a job without an array is one task
+first, last = map(int, re.search(r"#SBATCH --array=(\\d+)-(\\d+)", text).groups())
+env = dict(os.environ)
+for arg in sys.argv[1:-1]:
+    if arg.startswith("--export=ALL,"):
+        env.update(item.split("=", 1) for item in arg.removeprefix("--export=ALL,").split(","))
+for task in range(first, last + 1):
+    task_env = {**env, "SLURM_ARRAY_TASK_ID": str(task), "SLURM_JOB_ID": "7", "SLURM_NODELIST": "node1"}
+    subprocess.run(["bash", script], env=task_env, check=True)
+print("Submitted batch job 7")
+"""
+FAKE_SRUN = """#!/usr/bin/env python3
+import os, sys
+args = sys.argv[1:]
+while args[0].startswith("-"):
+    args = args[2:] if args[0] == "-n" else args[1:]
+os.execvp(args[0], args)
+"""
+
+
+def test_the_same_pipeline_runs_through_datatrove_slurm_launcher(tmp_path, monkeypatch):
+    """The Slurm executor pickles each stage, writes an sbatch script and submits it; a stand-in sbatch runs the
+    array tasks here, through datatrove's own launcher, in fresh processes, as cluster nodes would."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = "#!/bin/sh\necho node1\n"  # scontrol show hostnames <list>
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN), ("scontrol", scontrol)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    rng = random.Random(8)
+    docs = [english_doc(rng) for _ in range(20)]
+    write_pt(tmp_path / "in/en/a.parquet", docs + [docs[0]])
+    write_pt(tmp_path / "in/en/b.parquet", [near_copy(rng, docs[1], 0.9), english_doc(rng)])
+    flags = [
+        "--executor",
+        "slurm",
+        "--slurm_partition",
+        "test",
+        "--minhash_buckets",
+        "2",
+        "--minhash_hashes_per_bucket",
+        "8",
+        "--decontaminate",
+        "false",
+    ]
+    assert curate(tmp_path, tmp_path / "in", *flags) is None  # submitted, not waited for
+    summary = json.loads((tmp_path / "run/out/curation_summary.json").read_text())
+    assert {r["reason"]: r["documents"] for r in summary["reasons"]} == {"exact duplicate": 1, "near duplicate": 1}
+    assert summary["kept"] == summary["output_rows"] == 21
 
 
 # ---- the real samples ----------------------------------------------------------------------------------------------

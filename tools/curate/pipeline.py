@@ -22,6 +22,7 @@ run resumes where it stopped (finished tasks are not run again).
 from __future__ import annotations
 
 import logging
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from tools.curate.filters import (
     minhash_config,
 )
 from tools.curate.recipe import CurateArguments
+from utils import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +151,16 @@ def build_stages(recipe: CurateArguments, paths_file: str, tasks: int, report_st
     ]
 
 
+def slurm_environment(recipe: CurateArguments) -> str:
+    """What each Slurm task runs first: the recipe's command, else this interpreter's environment plus the repository
+    on PYTHONPATH (datatrove's task launcher is a console script, so the working directory is not on sys.path, and
+    the pipeline's steps are classes of this repository)."""
+    if recipe.slurm_env_command:
+        return recipe.slurm_env_command
+    activate = f"source {sys.prefix}/bin/activate && " if sys.prefix != sys.base_prefix else ""
+    return f"{activate}export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"
+
+
 def chain_executors(recipe: CurateArguments, stages: list[tuple[str, list, int]]):
     """One executor per stage, each depending on the previous; running the last one runs them all."""
     logs = Path(recipe.work_dir) / "logs"
@@ -171,7 +183,7 @@ def chain_executors(recipe: CurateArguments, stages: list[tuple[str, list, int]]
                 cpus_per_task=recipe.slurm_cpus_per_task,
                 mem_per_cpu_gb=recipe.slurm_mem_per_cpu_gb,
                 job_name=f"curate_{recipe.kind}_{name}",
-                env_command=recipe.slurm_env_command,
+                env_command=slurm_environment(recipe),
                 logging_dir=str(logs / name),
                 slurm_logs_folder=str(logs / "slurm" / name),
                 depends=previous,

@@ -75,7 +75,8 @@ class CurateArguments:
     slurm_env_command: str | None = field(
         default=None,
         metadata=_help(
-            "Shell command each Slurm task runs first, e.g. 'source /path/to/mini_qwen/.venv/bin/activate'."
+            "Shell command each Slurm task runs first. Default: activate the environment this command runs in and "
+            "put the repository on PYTHONPATH (both must be on a filesystem the nodes see)."
         ),
     )
 
