@@ -78,12 +78,6 @@ def task_fates(ledger: Path, rank_file: str) -> pd.DataFrame:
     return first
 
 
-def _token_ratio(frame: pd.DataFrame) -> dict[tuple[str, str], float]:
-    counted = frame[frame["tokens"].notna() & (frame["bytes"] > 0)]
-    sums = counted.groupby(["domain", "language"])[["tokens", "bytes"]].sum()
-    return {key: row["tokens"] / row["bytes"] for key, row in sums.iterrows()}
-
-
 class Totals:
     """Counts accumulated over tasks: documents, bytes, counted tokens and the bytes of counted documents, per
     (domain, language, fate) and per (fate, reason); histogram values per field."""
@@ -93,8 +87,7 @@ class Totals:
         self.reasons = defaultdict(lambda: np.zeros(4))
         self.examples: dict[tuple[str, str], list[dict]] = defaultdict(list)
         self.decontaminated: list[dict] = []
-        self.hashes_kept: dict[str, str] = {}
-        self.cluster_kept: dict[int, str] = {}
+        self.twins: dict[tuple[str, object], str] = {}
 
     def add(self, frame: pd.DataFrame, examples_per_reason: int) -> None:
         frame = frame.assign(
@@ -114,13 +107,22 @@ class Totals:
         self.decontaminated += frame[frame["fate"] == "decontamination"][
             ["path", "row", "source_id", "detail"]
         ].to_dict("records")
-        kept = frame[frame["fate"] == "kept"]
-        for h, doc in zip(kept["text_hash"], _ids(kept)):
-            if isinstance(h, str):
-                self.hashes_kept.setdefault(h, doc)
-        for c, doc in zip(kept["cluster"], _ids(kept)):
-            if pd.notna(c) and c >= 0:
-                self.cluster_kept.setdefault(int(c), doc)
+
+    def find_twins(self, frame: pd.DataFrame) -> None:
+        """The kept document each shown duplicate duplicates: the same text hash (exact), the same cluster (near).
+        Only the shown examples' twins are looked for, so memory does not grow with the corpus."""
+        hashes = {
+            ex["text_hash"] for (fate, _), exs in self.examples.items() for ex in exs if fate == "exact_duplicate"
+        }
+        clusters = {
+            ex["cluster"] for (fate, _), exs in self.examples.items() for ex in exs if fate == "near_duplicate"
+        }
+        kept = frame[(frame["fate"] == "kept") & (frame["text_hash"].isin(hashes) | frame["cluster"].isin(clusters))]
+        for text_hash, cluster, doc in zip(kept["text_hash"], kept["cluster"], _ids(kept)):
+            if text_hash in hashes:
+                self.twins.setdefault(("exact_duplicate", text_hash), doc)
+            if cluster in clusters:
+                self.twins.setdefault(("near_duplicate", cluster), doc)
 
 
 def _ids(frame: pd.DataFrame) -> list[str]:
@@ -129,20 +131,19 @@ def _ids(frame: pd.DataFrame) -> list[str]:
     ]
 
 
-def collect(recipe: CurateArguments) -> tuple[Totals, dict, pd.DataFrame]:
-    """Totals, histogram data and the token ratios, reading the ledger task by task (twice for histograms)."""
+def collect(recipe: CurateArguments) -> tuple[Totals, dict]:
+    """Totals and histograms, reading the ledger task by task, twice: value ranges, examples and counts first,
+    histograms and the examples' kept twins second."""
     ledger = Path(recipe.work_dir) / "ledger"
     totals = Totals()
     fields = ["chars", *[c for c in QUALITY_BOUNDS], *MEASURES]
     ranges = {f: [math.inf, -math.inf] for f in fields}
-    ratio_frames = []
     rank_files = _ranks(ledger)
     for rank_file in rank_files:
         frame = task_fates(ledger, rank_file)
         if frame.empty:
             continue
         totals.add(frame, recipe.examples_per_reason)
-        ratio_frames.append(frame[["domain", "language", "tokens", "bytes"]].dropna())
         for f in fields:
             column = frame[f].dropna() if f in frame else pd.Series(dtype=float)
             column = column[column > 0] if f in LOG_FIELDS else column
@@ -161,14 +162,14 @@ def collect(recipe: CurateArguments) -> tuple[Totals, dict, pd.DataFrame]:
     histograms = {f: {"removed": np.zeros(BINS), "kept": np.zeros(BINS), "edges": e} for f, e in edges.items()}
     for rank_file in rank_files:
         frame = task_fates(ledger, rank_file)
+        if frame.empty:
+            continue
+        totals.find_twins(frame)
         for f, hist in histograms.items():
             for side, rows in (("kept", frame[frame["fate"] == "kept"]), ("removed", frame[frame["fate"] != "kept"])):
                 values = rows[f].dropna().to_numpy(dtype=float)
                 hist[side] += np.histogram(np.clip(values, hist["edges"][0], hist["edges"][-1]), hist["edges"])[0]
-    ratios = (
-        pd.concat(ratio_frames) if ratio_frames else pd.DataFrame(columns=["domain", "language", "tokens", "bytes"])
-    )
-    return totals, histograms, ratios
+    return totals, histograms
 
 
 def _tokens(counts: np.ndarray, ratio: float) -> float:
@@ -190,10 +191,14 @@ def _input_rows(recipe: CurateArguments) -> int:
     return sum(pq.ParquetFile(Path(recipe.input_dir) / f).metadata.num_rows for f in files)
 
 
-def summarize(recipe: CurateArguments, totals: Totals, ratios: pd.DataFrame) -> dict:
+def summarize(recipe: CurateArguments, totals: Totals) -> dict:
     """The numbers of the report, after checking that every row is accounted for exactly once."""
-    sums = ratios.groupby(["domain", "language"])[["tokens", "bytes"]].sum()
-    ratio = {key: (row["tokens"] / row["bytes"] if row["bytes"] else 0.0) for key, row in sums.iterrows()}
+    counted_tokens, counted_bytes = defaultdict(float), defaultdict(float)
+    for (domain, language, _), counts in totals.groups.items():
+        counted_tokens[domain, language] += counts[2]
+        counted_bytes[domain, language] += counts[3]
+    # Tokens per byte of each domain and language, from its tokenized documents.
+    ratio = {key: counted_tokens[key] / counted_bytes[key] if counted_bytes[key] else 0.0 for key in counted_bytes}
     counted = recipe.token_sample_every > 0
     groups = sorted({(d, lang) for d, lang, _ in totals.groups})
     fates = [*REMOVAL_STEPS, "kept"]
@@ -337,8 +342,8 @@ def _clip(text: str, limit: int) -> str:
 def write_report(recipe: CurateArguments) -> dict:
     """Check the counts, then write ``curation_report.md``, ``curation_summary.json``, ``decontaminated.csv``
     and the PNG figures into ``output_dir``; return the summary."""
-    totals, histograms, ratios = collect(recipe)
-    summary = summarize(recipe, totals, ratios)
+    totals, histograms = collect(recipe)
+    summary = summarize(recipe, totals)
     out = Path(recipe.output_dir)
     figures = out / "curation_figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -437,12 +442,9 @@ def write_report(recipe: CurateArguments) -> dict:
         for ex in examples:
             where = f"{ex['path']}#{ex['row']}" + (f" (id {ex['source_id']})" if ex["source_id"] else "")
             extra = f" — {ex['detail']}" if ex.get("detail") else ""
-            if fate == "exact_duplicate" and isinstance(ex.get("text_hash"), str):
-                twin = totals.hashes_kept.get(ex["text_hash"])
-                extra += f" — same text as kept {twin}" if twin else ""
-            if fate == "near_duplicate" and pd.notna(ex.get("cluster")):
-                twin = totals.cluster_kept.get(int(ex["cluster"]))
-                extra += f" — cluster kept {twin}" if twin else ""
+            twin = totals.twins.get((fate, ex["text_hash"] if fate == "exact_duplicate" else ex["cluster"]))
+            if twin:
+                extra += f" — same text as kept {twin}" if fate == "exact_duplicate" else f" — cluster kept {twin}"
             lines += [f"- `{where}`{extra}", f"  > {_clip(ex['example'], recipe.example_chars)}"]
         lines.append("")
     if recipe.decontaminate:
