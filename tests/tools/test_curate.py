@@ -28,6 +28,7 @@ from tools.curate.pipeline import build_stages, chain_executors  # noqa: E402
 from tools.curate.recipe import CurateArguments  # noqa: E402
 from tools.curate.run import main  # noqa: E402
 from tools.curate.words import MinHasher, ngram_hashes, split_words  # noqa: E402
+from utils.data.dpo import load_preference_pairs  # noqa: E402
 from utils.data.parquet import EMPTY_TEXT, INVALID_UTF8, DataError  # noqa: E402
 from utils.train.args import parse_args  # noqa: E402
 
@@ -394,7 +395,7 @@ def test_sft_rows_skipped_as_the_sft_stage_skips_them_and_malformed_ones_named(t
         curate(tmp_path, tmp_path / "in", "--decontaminate", "false", kind="sft", name="malformed")
 
 
-def test_dpo_pairs_deduplicated_and_decontaminated_with_the_same_report(tmp_path):
+def test_dpo_pairs_deduplicated_and_decontaminated_with_the_same_report(tmp_path, qwen_tokenizer):
     rng = random.Random(5)
     ceval = pq.read_table(MINI_DATA / "bench/ceval/high_school_geography/val-00000-of-00001.parquet").to_pylist()[0]
 
@@ -427,6 +428,10 @@ def test_dpo_pairs_deduplicated_and_decontaminated_with_the_same_report(tmp_path
     assert summary["kept"] == summary["output_rows"] == 1
     report = (tmp_path / "run/out/curation_report.md").read_text()
     assert "one preference pair" in report and "## Headline" in report and "## Benchmark overlap" in report
+    pairs, loaded = load_preference_pairs(
+        str(tmp_path / "run/out"), qwen_tokenizer, 256, 512
+    )  # the DPO stage's reader
+    assert loaded["rows"] == loaded["kept"] == len(pairs) == 1
 
 
 # ---- runs, resumes and the cluster executor ----------------------------------------------------------------------
