@@ -404,10 +404,10 @@ def write_report(recipe: CurateArguments) -> dict:
         rows.append(cells)
     lines += _md_table(header, rows)
     lines += ["", "## Removal reasons", ""]
-    lines += _md_table(
-        ["step", "reason", "documents", "bytes"],
-        [[STEP_TITLES[r["step"]], r["reason"], _fmt(r["documents"]), _fmt(r["bytes"])] for r in summary["reasons"]],
-    )
+    reasons = [
+        [STEP_TITLES[r["step"]], r["reason"], _fmt(r["documents"]), _fmt(r["bytes"])] for r in summary["reasons"]
+    ]
+    lines += _md_table(["step", "reason", "documents", "bytes"], reasons) if reasons else ["Nothing was removed."]
     bounds = _threshold_lines(recipe)
     quality = [c for c in QUALITY_BOUNDS if c in histograms]
     if _plot_histograms(
