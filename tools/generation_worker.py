@@ -72,17 +72,15 @@ class AnswerText:
             self.stopped = True
             self.text = self.text[:end]
         else:
-            hold = (
-                0
-                if final
-                else max(
-                    (n for stop in self.stops for n in range(len(stop) - 1, 0, -1) if self.text.endswith(stop[:n])),
-                    default=0,
-                )
-            )
+            hold = 0 if final else self._held_back()
             end = max(self.sent, len(self.text) - hold)
         piece, self.sent = self.text[self.sent : end], end
         return piece
+
+    def _held_back(self) -> int:
+        """How many characters at the end of the text could be the start of a stop string."""
+        ends = (n for stop in self.stops for n in range(len(stop) - 1, 0, -1) if self.text.endswith(stop[:n]))
+        return max(ends, default=0)
 
 
 @dataclass

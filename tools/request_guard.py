@@ -167,11 +167,9 @@ class RequestGuard:
                     401, "Incorrect API key provided: send it as 'Authorization: Bearer <key>'", code="invalid_api_key"
                 )
         if scope["method"] == "POST":
-            media_type, _, params = headers.get("content-type", "").partition(";")
-            charset = (
-                params.strip().lower().removeprefix("charset=").strip('"') if "charset=" in params.lower() else ""
-            )
-            if media_type.strip().lower() != "application/json" or charset not in ("", "utf-8"):
+            media_type, *params = [part.strip().lower() for part in headers.get("content-type", "").split(";")]
+            charset = dict(param.partition("=")[::2] for param in params).get("charset", "utf-8").strip('"')
+            if media_type != "application/json" or charset != "utf-8":
                 raise ApiError(
                     415,
                     f"the body must be 'application/json' (UTF-8), not '{headers.get('content-type')}'",

@@ -312,7 +312,7 @@ def token_budget(prompt_tokens: int, max_tokens: int | None, default: int, conte
         raise ApiError(
             400,
             f"the prompt is {prompt_tokens} tokens; this server's context limit is {context_limit} "
-            "tokens (the length the model was trained on), and the answer needs at least one more",
+            "tokens, and the answer needs at least one more",
             "messages",
             code="context_length_exceeded",
         )
