@@ -71,6 +71,7 @@ class Setup:
     fused_lm_head: bool = True
     live_reference: bool = False
     source: str = "flags"
+    accumulation: int = 1  # micro-batches per optimizer step: their gradients stay resident between them
 
 
 def recipe_setup(stage: str, config: str, shape_name: str) -> Setup:
@@ -109,6 +110,7 @@ def recipe_setup(stage: str, config: str, shape_name: str) -> Setup:
         fused_lm_head=stage != "pt" or str(recipe.get("fused_lm_head", "auto")).lower() != "false",
         live_reference=stage == "dpo" and not train.precompute_ref_log_probs,
         source=config,
+        accumulation=train.gradient_accumulation_steps,
     )
 
 
@@ -199,15 +201,18 @@ def train_steps(setup: Setup, device: torch.device, tracker: MemTracker | None, 
         tracker.track_external(*externals)
     with tracker if tracker is not None else contextlib.nullcontext():
         for _ in range(steps):
-            batch = make_batch(setup, model.config.vocab_size, device)
-            with torch.autocast(**autocast):
-                loss = step_loss(setup.stage, model, batch, setup.fused_lm_head, reference)
-            loss.backward()
+            # With accumulation the gradients of the first micro-batch are alive through the next one's forward
+            # and backward: two micro-batches show that peak (more would repeat it).
+            for _ in range(min(setup.accumulation, 2)):
+                batch = make_batch(setup, model.config.vocab_size, device)
+                with torch.autocast(**autocast):
+                    loss = step_loss(setup.stage, model, batch, setup.fused_lm_head, reference)
+                loss.backward()
+                if tracker is not None:
+                    tracker.reset_mod_stats()  # MemTracker keeps per-module stats of one forward only
             if optimizer is not None:
                 optimizer.step()
             model.zero_grad(set_to_none=True)
-            if tracker is not None:
-                tracker.reset_mod_stats()  # MemTracker keeps per-module stats of one iteration only
 
 
 class _InPlaceKernel:
@@ -277,7 +282,8 @@ def print_report(setup: Setup, parameters: int, row: dict[str, float], measured:
     print(
         f"\n{setup.stage.upper()} {setup.source}: {parameters:,} parameters, micro-batch {setup.batch_size} x "
         f"{setup.seq_len} tokens, {setup.precision} autocast over fp32 weights, activation checkpointing "
-        f"{'on' if setup.activation_checkpointing else 'off'}, {setup.optim}"
+        f"{'on' if setup.activation_checkpointing else 'off'}, {setup.optim}, {setup.accumulation} micro-batch(es) "
+        "per optimizer step"
         + (", fused LM head" if setup.fused_lm_head else ", full logits")
         + (", live reference model" if setup.live_reference else "")
     )
@@ -330,6 +336,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--live_reference", action="store_true", help="DPO: keep a reference model (precompute_ref_log_probs false)."
     )
+    parser.add_argument(
+        "--accumulation", type=int, default=1, help="Micro-batches per optimizer step (gradients stay resident)."
+    )
     parser.add_argument("--measure", action="store_true", help="Also run the step on the GPU and print its peak.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -350,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             args.optim,
             args.fused_lm_head == "on",
             args.live_reference,
+            accumulation=args.accumulation,
         )
     with torch.device("meta"):
         parameters = count_parameters(build_model(setup.shape, attn_implementation="sdpa"))
