@@ -7,8 +7,7 @@ against optimizer steps or against what the runs have seen (steps x the run's to
 run_info.json), the way scaling-law figures compare runs of different sizes. ``tools/plot.py`` is the command line.
 
 What cannot be read is named and skipped, never a traceback: an unreadable ``trainer_state.json`` (the newest
-readable checkpoint's is used instead), folders that are not ``checkpoint-<step>``, log entries without a step.
-"""
+readable checkpoint's is used instead), folders that are not ``checkpoint-<step>``, log entries without a step."""
 
 from __future__ import annotations
 
@@ -28,8 +27,7 @@ from utils.run_info import RUN_INFO_FILE, read_run_info, recorded_arguments  # n
 
 logger = logging.getLogger(__name__)
 
-# Curves drawn when present in the log history, one panel each; DPO adds its reward metrics. Each panel also draws
-# the key's held-out twin (HELD_OUT + key) when it was logged.
+# Curves drawn when logged, a panel each with the key's held-out twin (HELD_OUT + key); DPO adds its reward metrics.
 DEFAULT_KEYS = ("loss", "learning_rate", "grad_norm", "real_token_share", "rewards/margins", "rewards/accuracies")
 HELD_OUT = "eval_"
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
