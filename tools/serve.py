@@ -68,7 +68,7 @@ from tools.request_guard import (
     read_json,
     slow_client_protocol,
 )
-from utils.run_info import read_run_info, recorded_arguments
+from utils.run_info import trained_length
 
 STARTED = time.perf_counter()
 # Before huggingface_hub is imported (it reads them once): a name that is not our folder must fail at once, not
@@ -82,8 +82,6 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 WILDCARD = ("0.0.0.0", "::", "")
-# The arguments a stage records in run_info.json that bound the sequences it trained on.
-TRAINED_LENGTH_KEYS = ("block_size", "max_length")
 # Rendered and answered with one token at start: every role, and a content that spells a special token (the
 # path that keeps such text as text).
 PROBE = [
@@ -190,17 +188,6 @@ def check_checkpoint(folder: str | os.PathLike, chat_template: bool = True) -> C
     return files
 
 
-def trained_length(files: CheckpointFiles) -> tuple[int | None, str]:
-    """The longest sequence the checkpoint was trained on, and where that number comes from."""
-    recorded = recorded_arguments(read_run_info(files.path) or {})
-    lengths = {key: recorded[key] for key in TRAINED_LENGTH_KEYS if isinstance(recorded.get(key), int)}
-    if lengths:
-        key = max(lengths, key=lengths.get)
-        return lengths[key], f"run_info.json {key}"
-    positions = files.config.get("max_position_embeddings")
-    return (positions, "config.json max_position_embeddings") if isinstance(positions, int) else (None, "")
-
-
 def template_file(files: CheckpointFiles) -> Path:
     jinja = files.path / "chat_template.jinja"
     return jinja if jinja.is_file() else files.path / "tokenizer_config.json"
@@ -252,7 +239,7 @@ def load_served(args: ServeArguments, files: CheckpointFiles) -> Served:
     check_weights_fit_config(files)
     check_tokenizer_fits_config(files)
     positions = files.config.get("max_position_embeddings")
-    trained, source = trained_length(files)
+    trained, source = trained_length(files.path)
     if args.context_limit is not None:
         if isinstance(positions, int) and args.context_limit > positions:
             raise CheckpointError(

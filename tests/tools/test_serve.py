@@ -30,7 +30,6 @@ from tests.helpers.chat_checkpoint import (
     http_status,
     open_direct,
 )
-from tools.checkpoint_files import check_files
 from utils.data.chat import prompt_ids
 from utils.tokenizer import load_tokenizer
 
@@ -44,8 +43,8 @@ from tools.serve import (  # noqa: E402
     chat_prompt_ids,
     main,
     token_budget,
-    trained_length,
 )
+from utils.run_info import trained_length  # noqa: E402
 
 EOS = "<|im_end|>"
 HI = [{"role": "user", "content": "Hi"}]
@@ -599,14 +598,14 @@ def test_token_budget_refuses_what_cannot_fit():
 
 
 def test_the_trained_length_comes_from_run_info_then_config(chat_checkpoint, tmp_path):
-    assert trained_length(check_files(chat_checkpoint)) == (TRAINED_LENGTH, "run_info.json max_length")
+    assert trained_length(chat_checkpoint) == (TRAINED_LENGTH, "run_info.json max_length")
     folder = shutil.copytree(chat_checkpoint, tmp_path / "pt")
     info = json.loads((folder / "run_info.json").read_text())
     info["arguments"] = {"ScriptArguments": {"block_size": 256}, "TrainingArguments": {"max_length": None}}
     (folder / "run_info.json").write_text(json.dumps(info))
-    assert trained_length(check_files(folder)) == (256, "run_info.json block_size")
+    assert trained_length(folder) == (256, "run_info.json block_size")
     (folder / "run_info.json").unlink()
-    assert trained_length(check_files(folder)) == (2048, "config.json max_position_embeddings")
+    assert trained_length(folder) == (2048, "config.json max_position_embeddings")
 
 
 def test_served_prompts_are_the_training_render(tokenizer):
