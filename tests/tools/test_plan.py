@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from tests.helpers import TINY_SHAPE
 from tools import plan
 
 H800_PEAK = 989e12
@@ -93,20 +94,7 @@ def test_a_recipe_that_cannot_fit_the_card_says_so(monkeypatch):
 
 def test_the_plan_command_estimates_memory_for_real_on_a_small_shape(capsys, tmp_path):
     """The whole command, the fake-tensor estimate included, on the T4 recipe shrunk by flags."""
-    small = [
-        "--hidden_size",
-        "64",
-        "--num_hidden_layers",
-        "2",
-        "--num_attention_heads",
-        "4",
-        "--num_key_value_heads",
-        "2",
-        "--intermediate_size",
-        "128",
-        "--vocab_size",
-        "1024",
-    ]
+    small = [*TINY_SHAPE, "--vocab_size", "1024"]
     (p,) = plan.main(["pt", "--recipes", "t4", "--gpu", "t4", "--json", str(tmp_path / "plan.json"), *small])
     assert p.data["source"] == "counted in mini_data/pt" and p.data["rows"] > 200
     assert 0 < p.memory["estimate_gib"] < 1 and p.memory["fits"]
