@@ -12,6 +12,11 @@ Demo on the bundled data (after the demo SFT run)::
 
     python mini_qwen_dpo.py --config configs/dpo_demo.yaml
 
+LoRA on one GPU of 24 GB (16 GB: configs/dpo_lora_16gb.yaml; QLoRA: add --load_in_4bit true). The reference is
+the same frozen base with the adapters switched off, never a second copy (``utils/train/adapters.py``)::
+
+    python mini_qwen_dpo.py --config configs/dpo_lora_24gb.yaml
+
 The policy and the frozen reference are both loaded from the SFT checkpoint: by default the one that ended
 SFT epoch ``--sft_epoch`` (the SFT run records it), else ``--model_name_or_path`` as it is. A share of the
 pairs (``holdout``) is never trained on; at the end both models are scored on it and the result is written to
@@ -33,6 +38,7 @@ from utils.evaluation import preference_report, write_preference_report
 from utils.modeling import load_causal_lm
 from utils.run_info import read_run_info
 from utils.tokenizer import load_tokenizer
+from utils.train.adapters import AdapterArguments, check_adapter_values, load_base_model, peft_config
 from utils.train.args import parse_args
 from utils.train.stage import finish, log_batch_geometry, setup_logging, train_and_save
 from utils.train.stage_args import StageArguments
@@ -41,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DPOArguments(StageArguments):
+class DPOArguments(StageArguments, AdapterArguments):
     model_name_or_path: str = field(
         default="results/sft", metadata={"help": "The SFT output dir (with --sft_epoch) or any checkpoint folder."}
     )
@@ -71,6 +77,7 @@ class DPOArguments(StageArguments):
             )
         if ns.beta <= 0:
             raise ValueError(f"beta must be positive, got {ns.beta}")
+        check_adapter_values(ns)
         if ns.sft_epoch:
             epoch_checkpoint(ns.model_name_or_path, ns.sft_epoch)  # fails now, naming the problem, not after loading
 
@@ -117,10 +124,14 @@ def main(script_args: DPOArguments, training_args: DPOConfig) -> PreTokenizedDPO
     summary.update(train=len(train_rows), heldout=len(heldout_rows))
     logger.info("DPO data: %d pairs for training, %d held out", len(train_rows), len(heldout_rows))
 
-    model = load_causal_lm(start, script_args.attn_implementation)
+    model = load_base_model(start, script_args)
     global_batch = log_batch_geometry(training_args)
     trainer = PreTokenizedDPOTrainer(
-        model=model, args=training_args, train_dataset=as_dataset(train_rows), processing_class=tokenizer
+        model=model,
+        args=training_args,
+        train_dataset=as_dataset(train_rows),
+        processing_class=tokenizer,
+        peft_config=peft_config(script_args),
     )
     train_and_save(
         trainer,

@@ -13,6 +13,7 @@
 #   bash run.sh serve [flags...]     # an OpenAI-compatible server for a checkpoint (--model_name_or_path results/dpo)
 #   bash run.sh web [flags...]       # that server plus a chat page in the browser
 #   bash run.sh export --gguf DIR    # GGUF files (f16, q8_0) and an Ollama Modelfile, for llama.cpp / Ollama
+#   bash run.sh merge ADAPTER_DIR    # LoRA adapters (e.g. a checkpoint of a --use_peft run) merged into a full model
 #   bash run.sh setup                # only create .venv and install what is missing
 #   bash run.sh -h                   # this help
 #
@@ -70,8 +71,9 @@ setup() {
   "$py" -m tools.make_tokenizer --output_dir models/Qwen2.5-0.5B-Instruct
 }
 
-setup_tests() {  # everything the tests exercise: serving, export (with the transformers 4.x check), benchmarks
+setup_tests() {  # everything the tests exercise: serving, export (with the transformers 4.x check), benchmarks, trackers
   setup && install requirements/serve.txt && install requirements/export.txt && install requirements/bench.txt
+  install requirements/tracking.txt
   "$VENV/bin/python" -m tools.compat --install_transformers4
   "$VENV/bin/python" -m tools.export --install_converter
 }
@@ -117,6 +119,7 @@ case "$mode" in
   serve) setup && install requirements/serve.txt && offline "$VENV/bin/python" -m tools.serve "$@" ;;
   web) setup && install requirements/serve.txt && offline "$VENV/bin/python" -m tools.chat_launcher "$@" ;;
   export) setup && install requirements/export.txt && "$VENV/bin/python" -m tools.export "$@" ;;
+  merge) setup && "$VENV/bin/python" -m tools.merge "$@" ;;
   *)
     echo "unknown mode: $mode" >&2
     usage >&2
