@@ -1,8 +1,8 @@
 """LoRA runs of the real stage mains on the tiny shape, shared by the adapter, merge and interop tests.
 
 Loaded with ``pytest_plugins``, so the session trains them once: a tiny PT checkpoint, SFT with adapters from it
-(checkpoints at steps 3 and 6, then the merged model), DPO with adapters from the merged SFT model. PYTEST_DONT_REWRITE: test modules import it before ``pytest_plugins``
-registers it (and it holds no asserts to rewrite).
+(checkpoints at steps 3 and 6, then the merged model), DPO with adapters from the merged SFT model.
+PYTEST_DONT_REWRITE: test modules import it before ``pytest_plugins`` registers it (and it holds no asserts).
 """
 
 from __future__ import annotations
