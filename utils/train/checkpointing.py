@@ -50,6 +50,8 @@ RESUMABLE_CHANGES = {
     "output_dir",
     "cache_dir",
     "settled_notes",
+    "tracking_project",
+    "tracking_mode",
 }
 
 

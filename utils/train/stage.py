@@ -38,6 +38,7 @@ from utils.train.checkpointing import (
     remove_incomplete,
 )
 from utils.train.portable import make_portable
+from utils.train.tracking import start_tracking
 
 logger = logging.getLogger(__name__)
 # Every module logs under its own name (``logging.getLogger(__name__)``): these are the project's top-level names,
@@ -152,6 +153,9 @@ def train_and_save(trainer, tokenizer, stage: str, script_args, **run_facts) -> 
         clear_previous_run(args.output_dir)
     trainer.accelerator.wait_for_everyone()
     resume = resolve_resume(script_args, args, arguments)
+    tracking = start_tracking(trainer, script_args, resume)  # before run_info.json is rewritten: a resume reads it
+    if tracking:
+        run_facts["tracking"] = tracking
     if trainer.is_world_process_zero():
         check_output_dir(args.output_dir, stage, arguments, bool(resume))
         remove_incomplete(args.output_dir)
