@@ -13,7 +13,7 @@ import yaml
 
 from tests.helpers import ROOT
 from tests.utils.train.test_fault_tolerance import PT, pt_argv, run
-from utils.train import tracking
+from utils.train import trackers, tracking
 from utils.train.args import parse_args
 
 pytest.importorskip("wandb", reason="requirements/tracking.txt is not installed")
@@ -24,7 +24,7 @@ pytest.importorskip("swanlab", reason="requirements/tracking.txt is not installe
 def clean_env(tmp_path, monkeypatch):
     """No tracker login or mode from this machine, and every variable the stage sets undone afterwards."""
     saved = dict(os.environ)
-    for env in tracking.ENV.values():
+    for env in trackers.ENV.values():
         for name in env.values():
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no saved login (~/.netrc, ~/.swanlab)
@@ -73,17 +73,17 @@ def test_offline_runs_keep_their_id_and_name_across_resume(tmp_path, small_token
 @pytest.mark.parametrize("tracker", tracking.TRACKERS)
 def test_auto_mode_needs_a_login_and_an_answering_server(clean_env, monkeypatch, tracker):
     probes, answers = [], []
-    monkeypatch.setattr(tracking, "reachable", lambda url: probes.append(url) or answers[-1])
-    mode, why = tracking.choose_mode(tracker, "auto")
+    monkeypatch.setattr(trackers, "reachable", lambda url: probes.append(url) or answers[-1])
+    mode, why = trackers.choose_mode(tracker, "auto")
     assert mode == "offline" and "login" in why and probes == []  # no login: the network is not even tried
-    monkeypatch.setenv(tracking.ENV[tracker]["key"], "not-a-real-key")
+    monkeypatch.setenv(trackers.ENV[tracker]["key"], "not-a-real-key")
     answers.append(False)
-    assert tracking.choose_mode(tracker, "auto") == ("offline", f"{tracking.api_host(tracker)} does not answer")
+    assert trackers.choose_mode(tracker, "auto") == ("offline", f"{trackers.api_host(tracker)} does not answer")
     answers.append(True)
-    assert tracking.choose_mode(tracker, "auto")[0] == "online" and len(probes) == 2
-    monkeypatch.setenv(tracking.ENV[tracker]["mode"], "offline")  # set by hand: respected
-    assert tracking.choose_mode(tracker, "auto") == ("offline", f"{tracking.ENV[tracker]['mode']} is set")
-    assert tracking.choose_mode(tracker, "online") == ("online", "requested")
+    assert trackers.choose_mode(tracker, "auto")[0] == "online" and len(probes) == 2
+    monkeypatch.setenv(trackers.ENV[tracker]["mode"], "offline")  # set by hand: respected
+    assert trackers.choose_mode(tracker, "auto") == ("offline", f"{trackers.ENV[tracker]['mode']} is set")
+    assert trackers.choose_mode(tracker, "online") == ("online", "requested")
 
 
 def test_a_saved_login_counts(clean_env, tmp_path):
@@ -91,7 +91,7 @@ def test_a_saved_login_counts(clean_env, tmp_path):
     home.mkdir(exist_ok=True)
     (home / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
     (home / ".netrc").chmod(0o600)
-    assert tracking.has_login("wandb") and not tracking.has_login("swanlab")
+    assert trackers.has_login("wandb") and not trackers.has_login("swanlab")
 
 
 def test_a_tracker_that_is_not_installed_is_refused_before_anything_loads(monkeypatch):
