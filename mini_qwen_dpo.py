@@ -38,7 +38,13 @@ from utils.evaluation import preference_report, write_preference_report
 from utils.modeling import load_causal_lm
 from utils.run_info import read_run_info
 from utils.tokenizer import load_tokenizer
-from utils.train.adapters import AdapterArguments, check_adapter_values, load_base_model, peft_config
+from utils.train.adapters import (
+    AdapterArguments,
+    check_adapter_values,
+    check_not_adapters,
+    load_base_model,
+    peft_config,
+)
 from utils.train.args import parse_args
 from utils.train.stage import finish, log_batch_geometry, setup_logging, train_and_save
 from utils.train.stage_args import StageArguments
@@ -78,8 +84,10 @@ class DPOArguments(StageArguments, AdapterArguments):
         if ns.beta <= 0:
             raise ValueError(f"beta must be positive, got {ns.beta}")
         check_adapter_values(ns)
-        if ns.sft_epoch:
-            epoch_checkpoint(ns.model_name_or_path, ns.sft_epoch)  # fails now, naming the problem, not after loading
+        # fails now, naming the problem, not after loading
+        check_not_adapters(
+            epoch_checkpoint(ns.model_name_or_path, ns.sft_epoch) if ns.sft_epoch else ns.model_name_or_path
+        )
 
 
 def epoch_checkpoint(sft_dir: str, epoch: int) -> str:

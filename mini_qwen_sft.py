@@ -39,7 +39,13 @@ from utils.data.parquet import DataError
 from utils.data.sft import load_sft_dataset
 from utils.run_info import record_in_run_info
 from utils.tokenizer import load_tokenizer
-from utils.train.adapters import AdapterArguments, check_adapter_values, load_base_model, peft_config
+from utils.train.adapters import (
+    AdapterArguments,
+    check_adapter_values,
+    check_not_adapters,
+    load_base_model,
+    peft_config,
+)
 from utils.train.args import parse_args
 from utils.train.callbacks import RealTokenShareCallback
 from utils.train.stage import finish, log_batch_geometry, setup_logging, train_and_save
@@ -75,6 +81,7 @@ class SFTArguments(StageArguments, AdapterArguments):
         if ns.packing or ns.padding_free:
             raise ValueError(f"use --layout ({', '.join(LAYOUTS)}); TRL's packing/padding_free flags are managed here")
         check_adapter_values(ns)
+        check_not_adapters(ns.model_name_or_path)
 
 
 class EpochCheckpointCallback(TrainerCallback):

@@ -100,6 +100,17 @@ def check_adapter_values(ns: Namespace) -> None:
         raise ValueError("lora_target_modules is empty: name modules, or all-linear")
 
 
+def check_not_adapters(path: str | Path) -> None:
+    """Refuse to start a stage from a folder that holds adapters only (a checkpoint of a LoRA run): it has no model
+    to load, and its merged model is one command away."""
+    folder = Path(path)
+    if (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():
+        raise ValueError(
+            f"{folder} holds LoRA adapters, not a model: merge them first (bash run.sh merge {folder}) and start "
+            f"from the merged folder ({folder}-merged)"
+        )
+
+
 def peft_config(args):
     """The ``peft.LoraConfig`` for a TRL trainer's ``peft_config``, or None without ``--use_peft``. ``args`` is
     any object with ``AdapterArguments``' fields (a stage's parsed arguments)."""

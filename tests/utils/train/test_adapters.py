@@ -123,6 +123,14 @@ def test_dpo_reference_is_the_frozen_base_without_a_second_copy(lora_runs):
     assert (trained[0] - reference[0]).abs().max() > 1e-3  # the trained policy is not the reference
 
 
+def test_a_stage_refuses_to_start_from_adapters_and_says_how_to_merge(lora_runs):
+    checkpoint = lora_runs["sft"] / "checkpoint-3"
+    with pytest.raises(SystemExit, match="holds LoRA adapters, not a model: merge them first .bash run.sh merge"):
+        parse_args(SFT_TYPES, [*BASE_ARGV, "--model_name_or_path", str(checkpoint)])
+    with pytest.raises(SystemExit, match="bash run.sh merge"):
+        parse_args((mini_qwen_dpo.DPOArguments, DPOConfig), [*BASE_ARGV, "--model_name_or_path", str(checkpoint)])
+
+
 def test_merge_tool_turns_a_checkpoint_into_a_full_model(lora_runs, tmp_path, capsys):
     checkpoint = lora_runs["sft"] / "checkpoint-3"
     out = merge.main([str(checkpoint), "--output_dir", str(tmp_path / "merged")])
