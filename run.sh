@@ -8,6 +8,7 @@
 #   bash run.sh sft [flags...]       # full-recipe SFT            (configs/sft_full.yaml + your flags)
 #   bash run.sh dpo [flags...]       # full-recipe DPO            (configs/dpo_full.yaml + your flags)
 #   bash run.sh eval [flags...]      # chat with / compare checkpoints (mini_qwen_eval.py flags)
+#   bash run.sh curate [flags...]    # clean, dedup, decontaminate PT data (configs/curate_pt.yaml; CONFIG= sft/dpo)
 #   bash run.sh bench [flags...]     # C-Eval, CMMLU, MMLU, ARC, HellaSwag (+ --tasks gsm8k) via lm-evaluation-harness
 #   bash run.sh experiment NAME      # one of upstream's studies: packing, bilingual, scaling, sft_epochs, dpo_lr
 #   bash run.sh serve [flags...]     # an OpenAI-compatible server for a checkpoint (--model_name_or_path results/dpo)
@@ -22,7 +23,7 @@
 #   ACCELERATE_CONFIG=accelerate_config.yaml   (see configs/accelerate/ for ZeRO-3, offload, multi-node)
 #   NUM_MACHINES=1 MACHINE_RANK=0 MAIN_PROCESS_IP=... MAIN_PROCESS_PORT=29500   multi-node settings
 #   BACKGROUND=1        run pt/sft/dpo with nohup, logging to $LOG_DIR/<stage>.log (LOG_DIR=logs)
-#   CONFIG=path.yaml    a different recipe for pt/sft/dpo
+#   CONFIG=path.yaml    a different recipe for pt/sft/dpo/curate
 #   VENV=.venv          the virtual environment to create/use; PYTHON=python3 the interpreter that makes it
 #   TORCH_SPEC="torch==2.13.0"   how torch is installed if missing (e.g. a CUDA build on GPU machines)
 #
@@ -73,7 +74,7 @@ setup() {
 
 setup_tests() {  # everything the tests exercise: serving, export (with the transformers 4.x check), benchmarks, trackers
   setup && install requirements/serve.txt && install requirements/export.txt && install requirements/bench.txt
-  install requirements/tracking.txt
+  install requirements/tracking.txt && install requirements/curate.txt
   "$VENV/bin/python" -m tools.compat --install_transformers4
   "$VENV/bin/python" -m tools.export --install_converter
 }
@@ -114,6 +115,8 @@ case "$mode" in
   sft) setup && launch mini_qwen_sft.py configs/sft_full.yaml "$@" ;;
   dpo) setup && launch mini_qwen_dpo.py configs/dpo_full.yaml "$@" ;;
   eval) setup && "$VENV/bin/python" mini_qwen_eval.py "$@" ;;
+  curate) setup && install requirements/curate.txt &&
+    "$VENV/bin/python" -m tools.curate --config "${CONFIG:-configs/curate_pt.yaml}" "$@" ;;
   bench) setup && install requirements/bench.txt && offline "$VENV/bin/python" -m tools.bench "$@" ;;
   experiment) setup && "$VENV/bin/python" -m experiments "$@" ;;
   serve) setup && install requirements/serve.txt && offline "$VENV/bin/python" -m tools.serve "$@" ;;

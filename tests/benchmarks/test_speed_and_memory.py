@@ -67,6 +67,7 @@ def test_train_speed_reports_a_failing_configuration_and_keeps_the_others(capsys
     [
         ("benchmarks.preprocess_pt", ["--data_dir", "mini_data/pt", "--repeat", "1"], ["MB/s", "speed-up"]),
         ("benchmarks.sft_tokens", ["--data_dir", "mini_data/sft"], ["real share", "upstream: last pair"]),
+        ("benchmarks.curate_speed", ["--mb", "0.05", "0.2", "--files", "1"], ["marginal MB/s", "PT tokenization"]),
     ],
 )
 def test_data_benchmarks_smoke(module, args, columns):

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 logger = logging.getLogger(__name__)
 
 INVALID_UTF8 = "invalid UTF-8"
+EMPTY_TEXT = "empty or null text"
 
 
 class DataError(ValueError):

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from utils.bpe import make_fast_encoder
-from utils.data.parquet import INVALID_UTF8, check_text_column, files_fingerprint, iter_batches
+from utils.data.parquet import EMPTY_TEXT, INVALID_UTF8, check_text_column, files_fingerprint, iter_batches
 from utils.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _tokenize_file(job: tuple[str, str]) -> dict:
             texts = [r["text"] if r is not None else None for r in records]
             skipped[INVALID_UTF8] += sum(r is None for r in records)
             good = [t for t in texts if t is not None and t.strip()]
-            skipped["empty or null text"] += sum(r is not None for r in records) - len(good)
+            skipped[EMPTY_TEXT] += sum(r is not None for r in records) - len(good)
             if not good:
                 continue
             docs = encode(good)
