@@ -85,9 +85,14 @@ def requested_trackers(report_to) -> list[str]:
 
 def settle_tracking(ns: Namespace) -> None:
     """Before the arguments are built: several integrations split into the list the Trainer takes (the command
-    line gives one string), a tracker that is not installed refused (rather than failing after the data is
-    loaded), and the run named after its output folder unless ``--run_name`` says otherwise."""
+    line gives one string; ``all`` is expanded as the Trainer would), a tracker that is not installed refused
+    (rather than failing after the data is loaded), and the run named after its output folder unless ``--run_name``
+    says otherwise."""
     names = report_names(ns.report_to)
+    if names == ["all"]:  # every installed integration: named here, so that the trackers among them are set up
+        from transformers.integrations import get_available_reporting_integrations
+
+        names = get_available_reporting_integrations()
     if len(names) > 1:
         ns.report_to = names
     trackers = requested_trackers(names)

@@ -100,6 +100,11 @@ def test_a_tracker_that_is_not_installed_is_refused_before_anything_loads(monkey
         parse_args(PT.types, ["--output_dir", "out", "--report_to", "swanlab"])
 
 
+def test_all_names_the_installed_trackers_so_that_they_are_set_up():
+    args, training = parse_args(PT.types, ["--output_dir", "out", "--report_to", "all"])
+    assert {"tensorboard", "wandb", "swanlab"} <= set(training.report_to) and training.run_name == "out"
+
+
 def test_tensorboard_stays_what_the_recipes_report_to():
     recipes = [yaml.safe_load(path.read_text()) for path in sorted((ROOT / "configs").glob("*.yaml"))]
     reports = [recipe["report_to"] for recipe in recipes if "report_to" in recipe]
