@@ -89,6 +89,7 @@ class Setup:
     live_reference: bool = False
     source: str = "flags"
     adapters: AdapterArguments | None = None  # LoRA / QLoRA: a frozen base and trainable adapters
+    accumulation: int = 1  # micro-batches per optimizer step: their gradients stay resident between them
 
 
 def recipe_setup(stage: str, config: str, shape_name: str) -> Setup:
@@ -128,6 +129,7 @@ def recipe_setup(stage: str, config: str, shape_name: str) -> Setup:
         live_reference=stage == "dpo" and not train.precompute_ref_log_probs,
         source=config,
         adapters=recipe_adapters(recipe),
+        accumulation=train.gradient_accumulation_steps,
     )
 
 
@@ -289,9 +291,8 @@ def train_steps(setup: Setup, device: torch.device, tracker: MemTracker | None, 
     model.train()
     externals: list = [model]
     reference = None
-    if (
-        setup.live_reference and setup.adapters is None
-    ):  # TRL loads the reference in the policy's dtype (fp32) and never trains it
+    if setup.live_reference and setup.adapters is None:
+        # TRL loads the reference in the policy's dtype (fp32) and never trains it
         with device:
             # Left requiring grad (MemTracker hooks every parameter it meets) but only ever run under no_grad.
             reference = build_model(setup.shape, attn_implementation="sdpa").eval()
@@ -313,15 +314,18 @@ def train_steps(setup: Setup, device: torch.device, tracker: MemTracker | None, 
         tracker.track_external(*externals)
     with tracker if tracker is not None else contextlib.nullcontext():
         for _ in range(steps):
-            batch = make_batch(setup, model.config.vocab_size, device)
-            with torch.autocast(**autocast):
-                loss = step_loss(setup.stage, model, batch, setup.fused_lm_head, reference)
-            loss.backward()
+            # With accumulation the gradients of the first micro-batch are alive through the next one's forward
+            # and backward: two micro-batches show that peak (more would repeat it).
+            for _ in range(min(setup.accumulation, 2)):
+                batch = make_batch(setup, model.config.vocab_size, device)
+                with torch.autocast(**autocast):
+                    loss = step_loss(setup.stage, model, batch, setup.fused_lm_head, reference)
+                loss.backward()
+                if tracker is not None:
+                    tracker.reset_mod_stats()  # MemTracker keeps per-module stats of one forward only
             if optimizer is not None:
                 optimizer.step()
             model.zero_grad(set_to_none=True)
-            if tracker is not None:
-                tracker.reset_mod_stats()  # MemTracker keeps per-module stats of one iteration only
 
 
 class _InPlaceKernel:
@@ -410,7 +414,8 @@ def print_report(setup: Setup, parameters: int, row: dict[str, float], measured:
         f"\n{setup.stage.upper()} {setup.source}: {parameters:,} parameters, micro-batch {setup.batch_size} x "
         f"{setup.seq_len} tokens, {setup.precision} autocast over "
         f"{'fp32 weights' if setup.adapters is None else 'the weights below'}, activation checkpointing "
-        f"{'on' if setup.activation_checkpointing else 'off'}, {setup.optim}"
+        f"{'on' if setup.activation_checkpointing else 'off'}, {setup.optim}, {setup.accumulation} micro-batch(es) "
+        "per optimizer step"
         + (", fused LM head" if setup.fused_lm_head else ", full logits")
         + (", live reference model" if setup.live_reference else "")
         + (adapter_description(setup.adapters) if setup.adapters is not None else "")
@@ -477,6 +482,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--live_reference", action="store_true", help="DPO: keep a reference model (precompute_ref_log_probs false)."
     )
+    parser.add_argument(
+        "--accumulation", type=int, default=1, help="Micro-batches per optimizer step (gradients stay resident)."
+    )
     parser.add_argument("--measure", action="store_true", help="Also run the step on the GPU and print its peak.")
     parser.add_argument("--use_peft", action="store_true", help="LoRA adapters on a frozen base (recipes: use_peft).")
     parser.add_argument("--lora_r", type=int, default=None, help="LoRA rank (default: the recipe's, else 16).")
@@ -500,6 +508,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             args.optim,
             args.fused_lm_head == "on",
             args.live_reference,
+            accumulation=args.accumulation,
         )
     setup.adapters = with_adapter_flags(setup.adapters, args)
     with torch.device("meta"):

@@ -2,7 +2,7 @@
 
     python -m demo.run_all                          # what `bash run.sh demo` runs
     python -m demo.run_all --max_steps 20 --logging_steps 5 --output_root /tmp/demo   # shorter, elsewhere
-    python -m demo.run_all --recipes t4             # the 1B shape at seq 128 on a 16 GB GPU (T4 class)
+    python -m demo.run_all --recipes cpu            # the tiny recipes even on a GPU (default: what the machine suits)
 
 Each stage is the real stage ``main()`` with its demo recipe (configs/*_demo.yaml); the flags here only
 override where outputs go and, optionally, the number of steps of every stage.
@@ -16,14 +16,17 @@ import time
 from pathlib import Path
 
 from demo import demo_dpo, demo_pt, demo_sft
-from demo.common import RECIPES
+from demo.common import RECIPES, ROOT, announce_recipes
 from mini_qwen_eval import EvalArguments
 from mini_qwen_eval import main as eval_main
 from utils.plotting import find_log_history
+from utils.train.args import parse_args, read_recipe
+
+EVAL_RECIPE = ROOT / "configs" / "eval_demo.yaml"
 
 
-def losses(run_dir: Path) -> list[float]:
-    return [h["loss"] for h in find_log_history(run_dir) if "loss" in h]
+def losses(run_dir: Path, key: str = "loss") -> list[float]:
+    return [h[key] for h in find_log_history(run_dir) if key in h]
 
 
 def run(
@@ -55,23 +58,34 @@ def run(
     timings["dpo"] = time.perf_counter() - start - sum(timings.values())
 
     prompt_file = root / "demo_prompts.jsonl"
-    lines = Path("mini_data/eval_prompts.jsonl").read_text(encoding="utf-8").splitlines()[:prompts]
+    # The first ``prompts`` of the recipe's prompt file: a short demo answers a few.
+    lines = (ROOT / read_recipe(str(EVAL_RECIPE))["prompts"]).read_text(encoding="utf-8").splitlines()[:prompts]
     prompt_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    rows = eval_main(
-        EvalArguments(
-            model_name_or_path=[str(root / s) for s in ("pt", "sft", "dpo")],
-            prompts=str(prompt_file),
-            eval_data="mini_data/pt",
-            eval_max_tokens=4000,
-            block_size=256,
-            output_dir=str(root / "eval"),
-            max_new_tokens=128,
-        )
+    checkpoints = [str(root / s) for s in ("pt", "sft", "dpo")]
+    (eval_args,) = parse_args(
+        (EvalArguments,),
+        [
+            "--config",
+            str(EVAL_RECIPE),
+            "--model_name_or_path",
+            *checkpoints,
+            "--prompts",
+            str(prompt_file),
+            "--output_dir",
+            str(root / "eval"),
+        ],
     )
+    rows = eval_main(eval_args)
     seconds = time.perf_counter() - start
     timings["eval"] = seconds - sum(timings.values())
 
     stage_losses = {stage: losses(root / stage) for stage in ("pt", "sft", "dpo")}
+    # The held-out curves: PT and SFT score their held-out share, DPO its held-out pairs.
+    heldout = {
+        "pt": losses(root / "pt", "eval_loss"),
+        "sft": losses(root / "sft", "eval_loss"),
+        "dpo": losses(root / "dpo", "eval_rewards/accuracies"),
+    }
     chat_rows = [row for row in rows if row["mode"] == "chat"]
     print("\n" + "=" * 72)
     for row in chat_rows:
@@ -79,11 +93,14 @@ def run(
         print(f"[{name}] {row['prompt']}\n  -> {row['output']!r}  (ended at <|im_end|>: {stop})")
     print((root / "eval" / "report.md").read_text(encoding="utf-8"))
     for stage, values in stage_losses.items():
-        print(f"{stage.upper()} loss: first {values[0]:.3f} -> last {values[-1]:.3f}  ({timings[stage]:.0f} s)")
+        held = heldout[stage]
+        what = "held-out preference accuracy" if stage == "dpo" else "held-out loss"
+        shown = f"; {what}: first {held[0]:.3f} -> last {held[-1]:.3f}" if held else ""
+        print(f"{stage.upper()} loss: first {values[0]:.3f} -> last {values[-1]:.3f}{shown}  ({timings[stage]:.0f} s)")
     ended = sum(row["ended_with_eos"] for row in chat_rows)
     print(f"Chat answers that ended at <|im_end|>: {ended} of {len(chat_rows)} (the rest hit max_new_tokens)")
     print(f"Demo finished in {seconds / 60:.1f} min ({seconds:.0f} s). Outputs under {root}/")
-    summary = {"seconds": seconds, "timings": timings, "losses": stage_losses, "generations": rows}
+    summary = {"seconds": seconds, "timings": timings, "losses": stage_losses, "heldout": heldout, "generations": rows}
     (root / "demo_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     return summary
 
@@ -95,9 +112,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--recipes",
-        choices=sorted(RECIPES),
-        default="cpu",
-        help="cpu: tiny model, any machine; t4: the 1B shape at seq 128 on a 16 GB GPU.",
+        choices=["auto", *sorted(RECIPES)],
+        default="auto",
+        help="auto: t4 on a CUDA GPU with the memory for it, else cpu; cpu: tiny model, any machine; t4: the 1B shape "
+        "at seq 128 on a 16 GB GPU.",
     )
     parser.add_argument("--max_steps", type=int, default=None, help="Override every stage's step count.")
     parser.add_argument("--prompts", type=int, default=4, help="How many of the eval prompts to answer.")
@@ -108,7 +126,8 @@ def main() -> None:
         help="The demo tokenizer and token caches go here (default: the recipes' models/mini-tokenizer and cache/).",
     )
     args = parser.parse_args()
-    run(args.output_root, args.max_steps, args.prompts, args.logging_steps, args.recipes, args.work_dir)
+    recipes = announce_recipes(args.recipes)
+    run(args.output_root, args.max_steps, args.prompts, args.logging_steps, recipes, args.work_dir)
 
 
 if __name__ == "__main__":

@@ -135,6 +135,14 @@ def read_rows(paths: Sequence[Path], columns: Sequence[str]) -> Iterator[tuple[P
                 yield path, start + offset, record
 
 
+def heldout_fraction(text: str) -> float:
+    """A number in [0, 1) fixed by the text alone: ``heldout_fraction(t) < share`` holds out a ``share`` of any
+    collection, the same texts in every process, every run and whatever the file order, so training (which
+    leaves them out) and evaluation (which scores only them) agree on what was never trained on."""
+    digest = hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 # Columns that hold ids and labels, not text (what a tokenizer learns from).
 NON_TEXT_COLUMNS = ("id", "_id", "label")
 

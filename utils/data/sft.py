@@ -18,12 +18,20 @@ from datasets.exceptions import DatasetGenerationError
 
 from utils.data.chat import SkipRow, conversation_to_messages, encode_chat
 from utils.data.collate import IGNORE_INDEX
-from utils.data.parquet import INVALID_UTF8, DataError, SkipCounter, files_fingerprint, find_parquet_files, read_rows
+from utils.data.parquet import (
+    INVALID_UTF8,
+    DataError,
+    SkipCounter,
+    files_fingerprint,
+    find_parquet_files,
+    heldout_fraction,
+    read_rows,
+)
 from utils.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 
-SFT_CACHE_VERSION = 2
+SFT_CACHE_VERSION = 3
 
 
 @lru_cache(maxsize=2)
@@ -32,7 +40,15 @@ def _worker_tokenizer(tokenizer_dir: str):
     return load_tokenizer(tokenizer_dir)
 
 
-def _sft_rows(files: list[str], tokenizer_dir: str, max_length: int | None, default_system_prompt: str | None):
+def conversation_text(conversation: list[dict]) -> str:
+    """What decides whether an Infinity-Instruct conversation is held out (``heldout_fraction``): its turns as the
+    file holds them (speaker and text), before any recipe option such as a default system prompt changes them."""
+    return "\n".join(f"{turn.get('from')}: {turn.get('value')}" for turn in conversation)
+
+
+def _sft_rows(
+    files: list[str], tokenizer_dir: str, max_length: int | None, default_system_prompt: str | None, holdout: float
+):
     """One output row per input row: tokenized, or empty with the reason it is skipped."""
     tokenizer = _worker_tokenizer(tokenizer_dir)
     for path, row, record in read_rows(files, ["conversations"]):
@@ -47,6 +63,7 @@ def _sft_rows(files: list[str], tokenizer_dir: str, max_length: int | None, defa
                 "labels": [],
                 "supervised": 0,
                 "truncated": False,
+                "heldout": False,
                 "skip": str(reason),
                 "where": f"{path}, row {row}",
             }
@@ -59,6 +76,7 @@ def _sft_rows(files: list[str], tokenizer_dir: str, max_length: int | None, defa
             "labels": encoded.labels,
             "supervised": supervised,
             "truncated": encoded.truncated,
+            "heldout": holdout > 0 and heldout_fraction(conversation_text(record["conversations"])) < holdout,
             "skip": "",
             "where": "",
         }
@@ -72,10 +90,11 @@ def load_sft_dataset(
     num_proc: int = 1,
     cache_dir: str | None = None,
     tokenizer=None,
-) -> tuple[Dataset, dict]:
-    """Tokenized conversations (``input_ids``, ``labels``) and a summary of what was kept, skipped and cut.
-
-    ``num_proc`` processes tokenize the files in parallel (one file is never split)."""
+    holdout: float = 0.0,
+) -> tuple[Dataset, Dataset | None, dict]:
+    """Tokenized conversations (``input_ids``, ``labels``) to train on, the held-out ones (a ``holdout`` share chosen
+    by ``heldout_fraction`` of each conversation; None without a share), and a summary of what was kept, held out,
+    skipped and cut. ``num_proc`` processes tokenize the files in parallel (one file is never split)."""
     files = [str(p) for p in find_parquet_files(data_dir)]
     logger.info("Found %d parquet files under %s", len(files), data_dir)
     tokenizer = tokenizer or load_tokenizer(tokenizer_dir)
@@ -84,12 +103,14 @@ def load_sft_dataset(
         tokenizer_fingerprint(tokenizer),
         f"{max_length}",
         f"{default_system_prompt}",
+        f"holdout={holdout}",
     )
     gen_kwargs = {
         "files": files,
         "tokenizer_dir": tokenizer_dir,
         "max_length": max_length,
         "default_system_prompt": default_system_prompt,
+        "holdout": holdout,
     }
     try:
         dataset = Dataset.from_generator(
@@ -124,6 +145,7 @@ def load_sft_dataset(
         "truncated": int(pc.sum(table["truncated"].cast("int64")).as_py() or 0),
         "tokens": int(pc.sum(pc.list_value_length(table["input_ids"])).as_py() or 0),
         "supervised_tokens": int(pc.sum(table["supervised"]).as_py() or 0),
+        "heldout": int(pc.sum(table["heldout"].cast("int64")).as_py() or 0),
     }
     kept = dataset.filter(lambda skip: [not s for s in skip], input_columns="skip", batched=True)
     logger.info(
@@ -134,4 +156,12 @@ def load_sft_dataset(
         summary["truncated"],
         max_length,
     )
-    return kept.remove_columns(["skip", "where", "truncated", "supervised"]), summary
+    kept = kept.remove_columns(["skip", "where", "truncated", "supervised"])
+    if not holdout:
+        return kept.remove_columns("heldout"), None, summary
+    train = kept.filter(lambda held: [not h for h in held], input_columns="heldout", batched=True)
+    heldout = kept.filter(lambda held: held, input_columns="heldout", batched=True)
+    logger.info(
+        "Held out of training: %d conversations (%.1f%%, chosen by a hash of their text)", len(heldout), 100 * holdout
+    )
+    return train.remove_columns("heldout"), heldout.remove_columns("heldout"), summary

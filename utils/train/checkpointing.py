@@ -52,6 +52,7 @@ RESUMABLE_CHANGES = {
     "settled_notes",
     "tracking_project",
     "tracking_mode",
+    "reference_curve",
 }
 
 
