@@ -113,9 +113,7 @@ def four_bit_problem(hardware: Hardware) -> str | None:
     """Why QLoRA's 4-bit base cannot load here (None when it can): bitsandbytes' 4-bit kernels are CUDA kernels."""
     if not hardware.cuda:
         return "no CUDA GPU (bitsandbytes' 4-bit kernels run on CUDA only)"
-    if not installed("bitsandbytes"):
-        return "bitsandbytes is not installed (pip install -r requirements/gpu.txt)"
-    return None
+    return None if installed("bitsandbytes") else "bitsandbytes is not installed (pip install -r requirements/gpu.txt)"
 
 
 @dataclass
@@ -205,14 +203,11 @@ def settle_hardware(ns, hardware: Hardware, world_size: int) -> Settled:
             )
         )
         values["optim"] = "adamw_torch"
-    if getattr(ns, "load_in_4bit", False):
-        problem = four_bit_problem(hardware)
-        if problem:
-            raise ValueError(
-                f"--load_in_4bit (QLoRA) cannot run here: {problem}. Train LoRA adapters over the base "
-                f"in {values['precision']} instead: --load_in_4bit false"
-            )
-        notes.append((logging.INFO, "QLoRA: the frozen base is loaded in 4 bits (bitsandbytes)"))
+    if getattr(ns, "load_in_4bit", False) and four_bit_problem(hardware):
+        raise ValueError(
+            f"--load_in_4bit (QLoRA) cannot run here: {four_bit_problem(hardware)}. Train LoRA adapters over the "
+            f"base in {values['precision']} instead: --load_in_4bit false"
+        )
     if world_size > 1 and not hardware.cuda and not ns.ddp_backend:
         # A CPU-only multi-process launch (DeepSpeed on CPU, as CI runs it) needs gloo named before the
         # training arguments are built: otherwise every process believes it is alone.
