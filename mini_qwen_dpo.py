@@ -12,6 +12,11 @@ Demo on the bundled data (after the demo SFT run)::
 
     python mini_qwen_dpo.py --config configs/dpo_demo.yaml
 
+LoRA on one GPU of 24 GB (16 GB: configs/dpo_lora_16gb.yaml; QLoRA: add --load_in_4bit true). The reference is
+the same frozen base with the adapters switched off, never a second copy (``utils/train/adapters.py``)::
+
+    python mini_qwen_dpo.py --config configs/dpo_lora_24gb.yaml
+
 The policy and the frozen reference are both loaded from the SFT checkpoint: by default the one that ended
 SFT epoch ``--sft_epoch`` (the SFT run records it), else ``--model_name_or_path`` as it is. A share of the
 pairs (``holdout``) is never trained on; at the end both models are scored on it and the result is written to
@@ -30,9 +35,15 @@ from trl import DPOConfig
 from utils.data.dpo import PreTokenizedDPOTrainer, as_dataset, load_preference_pairs, split_holdout
 from utils.data.parquet import DataError
 from utils.evaluation import heldout_preference_report, write_preference_report
-from utils.modeling import load_causal_lm
 from utils.run_info import read_run_info
 from utils.tokenizer import load_tokenizer
+from utils.train.adapters import (
+    AdapterArguments,
+    check_adapter_values,
+    check_not_adapters,
+    load_base_model,
+    peft_config,
+)
 from utils.train.args import parse_args
 from utils.train.processes import finish, release_training_memory, run_on_main
 from utils.train.stage import log_batch_geometry, setup_logging, train_and_save
@@ -42,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DPOArguments(StageArguments):
+class DPOArguments(StageArguments, AdapterArguments):
     model_name_or_path: str = field(
         default="results/sft", metadata={"help": "The SFT output dir (with --sft_epoch) or any checkpoint folder."}
     )
@@ -74,8 +85,11 @@ class DPOArguments(StageArguments):
             raise ValueError("eval_strategy asks for evaluations but holdout is 0: no pair is held out to evaluate on")
         if ns.beta <= 0:
             raise ValueError(f"beta must be positive, got {ns.beta}")
-        if ns.sft_epoch:
-            epoch_checkpoint(ns.model_name_or_path, ns.sft_epoch)  # fails now, naming the problem, not after loading
+        check_adapter_values(ns)
+        # fails now, naming the problem, not after loading
+        check_not_adapters(
+            epoch_checkpoint(ns.model_name_or_path, ns.sft_epoch) if ns.sft_epoch else ns.model_name_or_path
+        )
 
 
 def epoch_checkpoint(sft_dir: str, epoch: int) -> str:
@@ -120,7 +134,7 @@ def main(script_args: DPOArguments, training_args: DPOConfig) -> PreTokenizedDPO
     summary.update(train=len(train_rows), heldout=len(heldout_rows))
     logger.info("DPO data: %d pairs for training, %d held out", len(train_rows), len(heldout_rows))
 
-    model = load_causal_lm(start, script_args.attn_implementation)
+    model = load_base_model(start, script_args)
     global_batch = log_batch_geometry(training_args)
     # With eval_strategy set, TRL scores the held-out pairs during training (eval_loss, eval_rewards/accuracies ...):
     # the held-out curve. The final report below scores them once more, against the reference.
@@ -131,6 +145,7 @@ def main(script_args: DPOArguments, training_args: DPOConfig) -> PreTokenizedDPO
         train_dataset=as_dataset(train_rows),
         eval_dataset=as_dataset(heldout_rows) if evaluating and heldout_rows else None,
         processing_class=tokenizer,
+        peft_config=peft_config(script_args),
     )
     train_and_save(
         trainer,

@@ -12,6 +12,11 @@ Demo on the bundled data (after the demo PT run)::
 
     python mini_qwen_sft.py --config configs/sft_demo.yaml
 
+LoRA on one GPU of 24 GB (16 GB: configs/sft_lora_16gb.yaml; QLoRA: add --load_in_4bit true); the output folder
+holds the merged full model, and the adapters in its adapter/ folder (``utils/train/adapters.py``)::
+
+    python mini_qwen_sft.py --config configs/sft_lora_24gb.yaml
+
 Each Infinity-Instruct row becomes one tokenized conversation (``utils/data/sft.py``); conversations are packed
 several to a row (``layout isolated``), each attending only to itself (``utils/data/collate.py``). At the end
 of every epoch ``run_info.json`` records which checkpoint closed it (``epoch_checkpoints``), so that DPO can
@@ -32,9 +37,15 @@ from trl import SFTConfig, SFTTrainer, pack_dataset
 from utils.data.collate import LAYOUT_HELP, LAYOUTS, PackedCollator
 from utils.data.parquet import DataError
 from utils.data.sft import load_sft_dataset
-from utils.modeling import load_causal_lm
 from utils.run_info import record_in_run_info
 from utils.tokenizer import load_tokenizer
+from utils.train.adapters import (
+    AdapterArguments,
+    check_adapter_values,
+    check_not_adapters,
+    load_base_model,
+    peft_config,
+)
 from utils.train.args import parse_args
 from utils.train.callbacks import RealTokenShareCallback
 from utils.train.processes import finish
@@ -45,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SFTArguments(StageArguments):
+class SFTArguments(StageArguments, AdapterArguments):
     model_name_or_path: str = field(
         default="results/pt", metadata={"help": "Checkpoint to fine-tune (the PT output); its tokenizer is used."}
     )
@@ -78,6 +89,8 @@ class SFTArguments(StageArguments):
         check_holdout(ns)
         if ns.packing or ns.padding_free:
             raise ValueError(f"use --layout ({', '.join(LAYOUTS)}); TRL's packing/padding_free flags are managed here")
+        check_adapter_values(ns)
+        check_not_adapters(ns.model_name_or_path)
 
 
 class EpochCheckpointCallback(TrainerCallback):
@@ -132,7 +145,7 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
         heldout = lay_out(heldout, script_args.layout, training_args)
     summary["rows_per_epoch"] = len(dataset)
 
-    model = load_causal_lm(script_args.model_name_or_path, script_args.attn_implementation)
+    model = load_base_model(script_args.model_name_or_path, script_args)
     collator = PackedCollator(
         tokenizer.pad_token_id,
         isolate=script_args.layout != "one_per_row",
@@ -147,6 +160,7 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
         processing_class=tokenizer,
         data_collator=collator,
         callbacks=[RealTokenShareCallback(collator), EpochCheckpointCallback()],
+        peft_config=peft_config(script_args),
     )
     tokens_per_step = global_batch * summary["tokens"] / max(summary["rows_per_epoch"], 1)  # an average packed row
     train_and_save(

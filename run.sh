@@ -19,6 +19,7 @@
 #   bash run.sh serve [flags...]     # an OpenAI-compatible server for a checkpoint (--model_name_or_path results/dpo)
 #   bash run.sh web [flags...]       # that server plus a chat page in the browser
 #   bash run.sh export --gguf DIR    # GGUF files (f16, q8_0) and an Ollama Modelfile, for llama.cpp / Ollama
+#   bash run.sh merge ADAPTER_DIR    # LoRA adapters (e.g. a checkpoint of a --use_peft run) merged into a full model
 #   bash run.sh plot RUN... [--x tokens] [--reference upstream_pt]   # training curves (tools/plot.py)
 #   bash run.sh setup                # only create .venv and install what is missing
 #   bash run.sh -h                   # this help
@@ -82,9 +83,9 @@ setup() {  # silent and instant when everything is there; each step is checked o
   if nvidia-smi -L >/dev/null 2>&1; then install requirements/gpu.txt; fi
 }
 
-setup_tests() {  # everything the tests exercise: serving, export (with the transformers 4.x check), benchmarks
+setup_tests() {  # everything the tests exercise: serving, export (with the transformers 4.x check), benchmarks, trackers
   setup && install requirements/serve.txt && install requirements/export.txt && install requirements/bench.txt
-  install requirements/curate.txt
+  install requirements/tracking.txt && install requirements/curate.txt
   "$VENV/bin/python" -m tools.compat --install_transformers4
   "$VENV/bin/python" -m tools.export --install_converter
 }
@@ -132,6 +133,7 @@ case "$mode" in
   serve) setup && install requirements/serve.txt && offline "$VENV/bin/python" -m tools.serve "$@" ;;
   web) setup && install requirements/serve.txt && offline "$VENV/bin/python" -m tools.chat_launcher "$@" ;;
   export) setup && install requirements/export.txt && "$VENV/bin/python" -m tools.export "$@" ;;
+  merge) setup && "$VENV/bin/python" -m tools.merge "$@" ;;
   plot) setup && "$VENV/bin/python" -m tools.plot "$@" ;;
   plan) setup && "$VENV/bin/python" -m tools.plan "$@" ;;
   gpu-check) setup && PYTHON="$VENV/bin/python" bash benchmarks/gpu_check.sh "$@" ;;

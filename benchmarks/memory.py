@@ -5,6 +5,8 @@
     python -m benchmarks.memory --config configs/dpo_full.yaml --shape 1b
     python -m benchmarks.memory --shape 1b --seq_len 128 --batch_size 4 --precision fp16 \\
         --activation_checkpointing --measure          # on a GPU: the estimate and the measurement side by side
+    python -m benchmarks.memory --config configs/sft_lora_16gb.yaml --shape 1b     # LoRA (adapters below)
+    python -m benchmarks.memory --config configs/sft_lora_16gb.yaml --shape 1b --load_in_4bit    # QLoRA
 
 How: two optimizer steps with the recipe's model shape, micro-batch, sequence length, precision (autocast over
 fp32 master weights, as the Trainer does), gradient checkpointing, optimizer and (DPO) reference model run under
@@ -17,6 +19,17 @@ The loss goes through the fused LM head as in the recipes (``--fused_lm_head off
 8-bit AdamW (bitsandbytes) cannot run on fake tensors: its state is allocated with bitsandbytes' layout
 (one uint8 per value for each moment plus one fp32 scale per 256 values; fp32 moments for tensors under 4096
 values and for embeddings, which the Trainer keeps in 32 bits), and its in-place update allocates nothing.
+
+Adapters (``--use_peft``, or a recipe with ``use_peft: true``): the model is wrapped by peft with the recipe's
+``LoraConfig`` (``utils.train.adapters.peft_config``), as TRL wraps it. The frozen base is held in the compute
+precision and reported as "frozen weights" (it has no gradient and no optimizer state); the adapters are the
+trainable parameters, in fp32 as peft keeps them (bf16 over a 4-bit base, as TRL casts them for QLoRA), with their
+gradients and AdamW state. With ``--load_in_4bit`` each adapted projection of the base is held as bitsandbytes' NF4
+layout (half a byte per weight, one fp32 scale per 64; with nested quantization an 8-bit scale and one fp32 per 256
+blocks) and expanded to the compute precision for each matmul, forward and backward, as bitsandbytes does; the
+embedding (tied to the LM head), the norms and the biases stay in the compute precision. A DPO reference is the
+same model with the adapters switched off, as TRL does it: no second copy, and its forward runs under no_grad, whose
+passing activations stay below the training step's, so a live reference counts as a precomputed one.
 """
 
 from __future__ import annotations
@@ -32,13 +45,14 @@ from pathlib import Path
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.distributed._tools.mem_tracker import MemTracker
+from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
 from transformers import HfArgumentParser, TrainingArguments
 from trl import DPOConfig, SFTConfig
 
 from benchmarks.train_speed import SHAPES, step_loss
 from utils.data.collate import IGNORE_INDEX, PackedCollator
 from utils.modeling import SHAPE_FIELDS, ModelShapeArguments, build_model, count_parameters, use_fused_lm_head
+from utils.train.adapters import AdapterArguments, peft_config
 from utils.train.args import read_recipe
 from utils.train.hardware import torch_dtype_for
 
@@ -55,6 +69,9 @@ KINDS = {
     "Temp": "temporaries",
     "Buffer": "buffers",
 }
+# bitsandbytes' 4-bit layout: two weights per byte, one absmax per block of 64 (fp32; nested: uint8 plus one fp32
+# per 256 blocks).
+NF4_BLOCK, NF4_NESTED_BLOCK = 64, 256
 
 
 @dataclass
@@ -71,6 +88,7 @@ class Setup:
     fused_lm_head: bool = True
     live_reference: bool = False
     source: str = "flags"
+    adapters: AdapterArguments | None = None  # LoRA / QLoRA: a frozen base and trainable adapters
     accumulation: int = 1  # micro-batches per optimizer step: their gradients stay resident between them
 
 
@@ -110,8 +128,17 @@ def recipe_setup(stage: str, config: str, shape_name: str) -> Setup:
         fused_lm_head=stage != "pt" or str(recipe.get("fused_lm_head", "auto")).lower() != "false",
         live_reference=stage == "dpo" and not train.precompute_ref_log_probs,
         source=config,
+        adapters=recipe_adapters(recipe),
         accumulation=train.gradient_accumulation_steps,
     )
+
+
+def recipe_adapters(recipe: dict) -> AdapterArguments | None:
+    """A recipe's adapter settings (``use_peft: true``), with the stage's defaults for what it leaves out."""
+    if not recipe.get("use_peft"):
+        return None
+    names = {f.name for f in fields(AdapterArguments)}
+    return AdapterArguments(**{key: value for key, value in recipe.items() if key in names})
 
 
 def shape_of(name: str) -> ModelShapeArguments:
@@ -169,18 +196,103 @@ def bnb_optimizer(model: torch.nn.Module):
     return bitsandbytes.optim.AdamW(model.parameters(), lr=1e-4, optim_bits=8)
 
 
+class Dequantize4bit(torch.autograd.Function):
+    """bitsandbytes' 4-bit matmul as memory sees it: the weight expanded to the compute dtype for the product,
+    forward and again backward (a temporary each time); only the input's gradient is computed."""
+
+    @staticmethod
+    def forward(ctx, x, packed, shape, dtype):
+        ctx.shape, ctx.dtype = shape, dtype
+        return x @ torch.empty(shape, dtype=dtype, device=x.device).t()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad @ torch.empty(ctx.shape, dtype=ctx.dtype, device=grad.device), None, None, None
+
+
+class Linear4bit(torch.nn.Module):
+    """A frozen projection held in bitsandbytes' NF4 layout (its buffers), computing in ``dtype``."""
+
+    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype, nested: bool) -> None:
+        super().__init__()
+        self.shape, self.dtype = (linear.out_features, linear.in_features), dtype
+        size = linear.out_features * linear.in_features
+        blocks = math.ceil(size / NF4_BLOCK)
+        self.register_buffer("packed", torch.empty(size // 2, dtype=torch.uint8))
+        self.register_buffer("absmax", torch.empty(blocks, dtype=torch.uint8 if nested else torch.float32))
+        if nested:
+            self.register_buffer("absmax2", torch.empty(math.ceil(blocks / NF4_NESTED_BLOCK), dtype=torch.float32))
+        # bitsandbytes keeps a bias (Qwen2's q/k/v have one) in the compute dtype
+        bias = None if linear.bias is None else torch.empty(linear.out_features, dtype=dtype)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x):
+        out = Dequantize4bit.apply(x, self.packed, self.shape, self.dtype)
+        return out if self.bias is None else out + self.bias
+
+
+def adapter_model(setup: Setup, device: torch.device):
+    """The peft-wrapped model of an adapter run (see the module docstring), built in place on ``device``.
+
+    Fake tensors cannot be moved or cast after they exist (peft casts the adapters it creates), so the model is
+    wrapped on the meta device and every tensor is then created once with its final dtype. MemTracker hooks the
+    gradient of every parameter it meets, so the frozen weights are registered as buffers: what they are to memory.
+    """
+    from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    adapters, compute = setup.adapters, torch_dtype_for(setup.precision)
+    if device.type == "cuda":  # --measure: the real thing (LoRA; a 4-bit base needs a checkpoint to quantize)
+        with device:
+            base = build_model(setup.shape, dtype=compute, attn_implementation="sdpa")
+        return get_peft_model(base, peft_config(adapters))
+    with torch.device("meta"):
+        model = get_peft_model(build_model(setup.shape, attn_implementation="sdpa"), peft_config(adapters))
+    trainable = torch.bfloat16 if adapters.load_in_4bit else torch.float32
+    with device:
+        if adapters.load_in_4bit:
+            for layer in model.modules():
+                if isinstance(layer, LoraLayer):
+                    layer.base_layer = Linear4bit(layer.base_layer, compute, adapters.use_bnb_nested_quant)
+        made: dict[int, torch.Tensor] = {}  # tied weights (embedding = LM head) are made once
+        for module in model.modules():
+            for name, param in list(module._parameters.items()):
+                if param is None:
+                    continue
+                if id(param) not in made:
+                    dtype = trainable if param.requires_grad else compute
+                    made[id(param)] = torch.empty(param.shape, dtype=dtype)
+                    if param.requires_grad:
+                        made[id(param)] = torch.nn.Parameter(made[id(param)])
+                del module._parameters[name]
+                if param.requires_grad:
+                    module.register_parameter(name, made[id(param)])
+                else:
+                    module.register_buffer(name, made[id(param)])
+            for name, buffer in list(module._buffers.items()):
+                if buffer is not None and buffer.is_meta:
+                    module._buffers[name] = torch.empty(buffer.shape, dtype=buffer.dtype)
+    if setup.activation_checkpointing:
+        model.enable_input_require_grads()  # the frozen embedding's output must carry gradients, as TRL does it
+    return model
+
+
 def train_steps(setup: Setup, device: torch.device, tracker: MemTracker | None, steps: int = 2) -> None:
     """The step the Trainer runs: fp32 weights, autocast forward, backward, optimizer step, zero_grad."""
-    with device:  # built in place: a fake model cannot be moved, and a real 1B one need not be
-        model = build_model(setup.shape, attn_implementation="sdpa")
+    if setup.adapters is not None:
+        model = adapter_model(setup, device)
+    else:
+        with device:  # built in place: a fake model cannot be moved, and a real 1B one need not be
+            model = build_model(setup.shape, attn_implementation="sdpa")
     if setup.activation_checkpointing:
         model.activation_checkpointing_enable()
     if setup.fused_lm_head:
-        use_fused_lm_head(model)
+        use_fused_lm_head(model.get_base_model() if setup.adapters is not None else model)
     model.train()
     externals: list = [model]
     reference = None
-    if setup.live_reference:  # TRL loads the reference in the policy's dtype (fp32) and never trains it
+    if setup.live_reference and setup.adapters is None:
+        # TRL loads the reference in the policy's dtype (fp32) and never trains it
         with device:
             # Left requiring grad (MemTracker hooks every parameter it meets) but only ever run under no_grad.
             reference = build_model(setup.shape, attn_implementation="sdpa").eval()
@@ -193,7 +305,8 @@ def train_steps(setup: Setup, device: torch.device, tracker: MemTracker | None, 
         optimizer = None
         externals += bnb_state(model)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=setup.optim == "adamw_torch_fused")
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=setup.optim == "adamw_torch_fused")
         externals.append(optimizer)
     dtype = torch_dtype_for(setup.precision)
     autocast = dict(device_type=device.type, dtype=dtype, enabled=setup.precision != "fp32")
@@ -252,9 +365,20 @@ def gpu_lm_head_allocations():
                 delattr(kernels, name)
 
 
+class PeakTracker(MemTracker):
+    """MemTracker that keeps the overall peak only, the one figure read here. Its per-module peaks cost a pass over
+    every module at every operation: minutes for the 1B, hours once peft adds its ~60 modules per layer."""
+
+    def _update_peak_stats(self, peak_state) -> None:
+        for device, snapshot in self._curr_mem_snap.items():
+            if self._peak_mem.get(device, 0) < snapshot[_TOTAL_KEY]:
+                self._peak_mem[device] = snapshot[_TOTAL_KEY]
+                self._peak_mem_snap[device] = dict(snapshot)
+
+
 def estimate(setup: Setup) -> dict[str, float]:
     """Peak bytes by kind, in GiB, from two fake training steps on the CPU (no storage is allocated)."""
-    tracker = MemTracker()
+    tracker = PeakTracker()
     with FakeTensorMode(), gpu_lm_head_allocations():
         train_steps(setup, torch.device("cpu"), tracker)
     peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
@@ -271,6 +395,8 @@ def measure(setup: Setup) -> float:
     """The same steps on real CUDA tensors: torch's peak allocated memory in GiB."""
     if setup.optim == "adamw_bnb_8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise SystemExit("--measure with adamw_bnb_8bit needs bitsandbytes (requirements/gpu.txt)")
+    if setup.adapters is not None and setup.adapters.load_in_4bit:
+        raise SystemExit("--measure with --load_in_4bit: quantizing needs a saved checkpoint; measure a QLoRA run")
     device = torch.device("cuda")
     torch.cuda.reset_peak_memory_stats(device)
     train_steps(setup, device, tracker=None)
@@ -278,20 +404,29 @@ def measure(setup: Setup) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
+def adapter_description(adapters: AdapterArguments) -> str:
+    base = f"4-bit {adapters.bnb_4bit_quant_type} base" if adapters.load_in_4bit else "frozen base"
+    return f", LoRA r={adapters.lora_r} on {' '.join(adapters.lora_target_modules)} over a {base}"
+
+
 def print_report(setup: Setup, parameters: int, row: dict[str, float], measured: float | None) -> None:
     print(
         f"\n{setup.stage.upper()} {setup.source}: {parameters:,} parameters, micro-batch {setup.batch_size} x "
-        f"{setup.seq_len} tokens, {setup.precision} autocast over fp32 weights, activation checkpointing "
+        f"{setup.seq_len} tokens, {setup.precision} autocast over "
+        f"{'fp32 weights' if setup.adapters is None else 'the weights below'}, activation checkpointing "
         f"{'on' if setup.activation_checkpointing else 'off'}, {setup.optim}, {setup.accumulation} micro-batch(es) "
         "per optimizer step"
         + (", fused LM head" if setup.fused_lm_head else ", full logits")
         + (", live reference model" if setup.live_reference else "")
+        + (adapter_description(setup.adapters) if setup.adapters is not None else "")
     )
     scale, unit = (1, "GiB") if row["peak"] >= 1 else (1024, "MiB")  # tiny shapes read better in MiB
     labels = {
         "other": "optimizer state (8-bit)",
         "parameters": "parameters (+ reference)" if setup.live_reference else "parameters",
     }
+    if setup.adapters is not None:
+        labels.update(parameters="adapters (trainable)", buffers="frozen base weights (+ buffers)")
     for name in KINDS.values():
         if row[name]:
             label = labels.get(name, name)
@@ -305,6 +440,17 @@ def print_report(setup: Setup, parameters: int, row: dict[str, float], measured:
             f"  {'measured peak':<34}{scale * measured:>9.2f} {unit}   {torch.cuda.get_device_name()}; "
             f"estimate / measured = {row['peak'] / measured:.2f}"
         )
+
+
+def with_adapter_flags(adapters: AdapterArguments | None, args) -> AdapterArguments | None:
+    """The recipe's adapters, or the stage defaults for ``--use_peft``, with ``--lora_r`` and ``--load_in_4bit``."""
+    if adapters is None and not (args.use_peft or args.load_in_4bit):
+        return None
+    adapters = adapters or AdapterArguments(use_peft=True)
+    if args.lora_r is not None:
+        adapters.lora_r = args.lora_r
+    adapters.load_in_4bit = adapters.load_in_4bit or args.load_in_4bit
+    return adapters
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -340,6 +486,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--accumulation", type=int, default=1, help="Micro-batches per optimizer step (gradients stay resident)."
     )
     parser.add_argument("--measure", action="store_true", help="Also run the step on the GPU and print its peak.")
+    parser.add_argument("--use_peft", action="store_true", help="LoRA adapters on a frozen base (recipes: use_peft).")
+    parser.add_argument("--lora_r", type=int, default=None, help="LoRA rank (default: the recipe's, else 16).")
+    parser.add_argument("--load_in_4bit", action="store_true", help="QLoRA: the frozen base in 4 bits (NF4).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -361,6 +510,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             args.live_reference,
             accumulation=args.accumulation,
         )
+    setup.adapters = with_adapter_flags(setup.adapters, args)
     with torch.device("meta"):
         parameters = count_parameters(build_model(setup.shape, attn_implementation="sdpa"))
     row = estimate(setup)

@@ -11,3 +11,7 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+# What a checkpoint of a LoRA run holds instead (the adapters only: the frozen base stays in its own folder), and
+# where the final save of such a run keeps them next to the merged weights (``utils.train.adapters``).
+ADAPTER_WEIGHT_FILE = "adapter_model.safetensors"
+ADAPTER_DIR = "adapter"

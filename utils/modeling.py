@@ -133,13 +133,14 @@ def use_fused_lm_head(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
-def load_causal_lm(path: str, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
-    """A trained checkpoint (safetensors); remote code is never run.
+def load_causal_lm(path: str, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32, **kwargs):
+    """A trained checkpoint (safetensors); remote code is never run. ``kwargs`` go to ``from_pretrained``
+    (a 4-bit ``quantization_config`` and its ``device_map``, see ``utils.train.adapters``).
 
     Training keeps fp32 master weights: mixed precision comes from the trainer's bf16/fp16 autocast.
     """
     if not Path(path).is_dir():
         raise FileNotFoundError(f"Model checkpoint not found: {path} (run the previous stage first)")
     return AutoModelForCausalLM.from_pretrained(
-        path, attn_implementation=attn_implementation, dtype=dtype, trust_remote_code=False
+        path, attn_implementation=attn_implementation, dtype=dtype, trust_remote_code=False, **kwargs
     )

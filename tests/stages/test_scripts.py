@@ -38,7 +38,13 @@ def stub_venv(tmp_path):
         record = f"open({str(calls)!r}, 'a').write(json.dumps([{name!r}, *sys.argv[1:]]) + '\\n')\n"
         stub.write_text(f"#!{sys.executable}\nimport json, sys\n{record}")
         stub.chmod(0o755)
-    for file in ("requirements.txt", "requirements/serve.txt", "requirements/export.txt", "requirements/bench.txt"):
+    for file in (
+        "requirements.txt",
+        "requirements/serve.txt",
+        "requirements/export.txt",
+        "requirements/bench.txt",
+        "requirements/tracking.txt",
+    ):
         (venv / f".mini_qwen_{Path(file).stem}").write_text((ROOT / file).read_text())  # as if installed
     (venv / ".mini_qwen_torch").touch()
     (venv / "share" / "mini_qwen").mkdir(parents=True)
@@ -125,6 +131,7 @@ def test_each_mode_runs_its_own_command(stub_venv):
         ("serve", "--model_name_or_path", "m"): ["-m", "tools.serve", "--model_name_or_path", "m"],
         ("web", "--model_name_or_path", "m"): ["-m", "tools.chat_launcher", "--model_name_or_path", "m"],
         ("export", "--gguf", "m"): ["-m", "tools.export", "--gguf", "m"],
+        ("merge", "results/sft_lora/checkpoint-500"): ["-m", "tools.merge", "results/sft_lora/checkpoint-500"],
     }
     for args, command in expected.items():
         _, calls = stub_venv(*args)

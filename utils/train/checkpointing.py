@@ -21,7 +21,7 @@ import torch
 from transformers.trainer_pt_utils import safe_globals as numpy_safe_globals
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from utils import WEIGHT_FILES
+from utils import ADAPTER_DIR, ADAPTER_WEIGHT_FILE, WEIGHT_FILES
 from utils.run_info import RUN_INFO_FILE, read_run_info, recorded_arguments
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ RESUMABLE_CHANGES = {
     "output_dir",
     "cache_dir",
     "settled_notes",
+    "tracking_project",
+    "tracking_mode",
     "reference_curve",
 }
 
@@ -100,7 +102,7 @@ def checkpoint_problem(path: Path) -> str | None:
         json.loads((path / "trainer_state.json").read_text())
     except (OSError, ValueError) as err:
         return f"unreadable trainer_state.json ({err})"
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
+    if not any((path / name).is_file() for name in (*WEIGHT_FILES, ADAPTER_WEIGHT_FILE)):
         return "no model weights"
     return None
 
@@ -181,7 +183,14 @@ def check_output_dir(output_dir: str | Path, stage: str, arguments: dict, resumi
         )
 
 
-RUN_FILES = ("trainer_state.json", "training_args.bin", "training_curves.png", RUN_INFO_FILE, *WEIGHT_FILES)
+RUN_FILES = (
+    "trainer_state.json",
+    "training_args.bin",
+    "training_curves.png",
+    RUN_INFO_FILE,
+    *WEIGHT_FILES,
+    ADAPTER_DIR,
+)
 
 
 def clear_previous_run(output_dir: str | Path) -> None:

@@ -109,6 +109,13 @@ def fused_lm_head_usable(requested: str, hardware: Hardware) -> tuple[bool, str]
     return usable, "CUDA GPU with Triton" if usable else "no CUDA GPU with Triton: plain logits are faster"
 
 
+def four_bit_problem(hardware: Hardware) -> str | None:
+    """Why QLoRA's 4-bit base cannot load here (None when it can): bitsandbytes' 4-bit kernels are CUDA kernels."""
+    if not hardware.cuda:
+        return "no CUDA GPU (bitsandbytes' 4-bit kernels run on CUDA only)"
+    return None if installed("bitsandbytes") else "bitsandbytes is not installed (pip install -r requirements/gpu.txt)"
+
+
 @dataclass
 class Settled:
     """Values decided for the training arguments, and one line per decision for the log."""
@@ -119,8 +126,9 @@ class Settled:
 
 def settle_hardware(ns, hardware: Hardware, world_size: int) -> Settled:
     """Every hardware choice of a stage, from the raw parsed values ``ns`` (an argparse namespace) and the machine:
-    attention, the fused LM head (stages that have the flag), precision, Liger kernels, the 8-bit optimizer and the
-    process-group backend. Pure: it returns the values to set and the log lines; nothing is changed here.
+    attention, the fused LM head (stages that have the flag), precision, Liger kernels, the 8-bit optimizer, the
+    process-group backend, and whether a 4-bit base (QLoRA) can load. Pure: it returns the values to set and the log
+    lines; nothing is changed here.
 
     ``bf16``/``fp16`` are the Trainer's own flags, accepted as another way to ask for a precision. The loss goes
     through the fused LM head (always in TRL's SFT/DPO trainers), so Liger's own fused cross-entropy must stay off.
@@ -195,6 +203,11 @@ def settle_hardware(ns, hardware: Hardware, world_size: int) -> Settled:
             )
         )
         values["optim"] = "adamw_torch"
+    if getattr(ns, "load_in_4bit", False) and four_bit_problem(hardware):
+        raise ValueError(
+            f"--load_in_4bit (QLoRA) cannot run here: {four_bit_problem(hardware)}. Train LoRA adapters over the "
+            f"base in {values['precision']} instead: --load_in_4bit false"
+        )
     if world_size > 1 and not hardware.cuda and not ns.ddp_backend:
         # A CPU-only multi-process launch (DeepSpeed on CPU, as CI runs it) needs gloo named before the
         # training arguments are built: otherwise every process believes it is alone.

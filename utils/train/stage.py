@@ -19,6 +19,7 @@ from utils.modeling import count_parameters, use_fused_lm_head
 from utils.plotting import plot_loss
 from utils.reference import load_reference
 from utils.run_info import flat_arguments, write_run_info
+from utils.train.adapters import base_model, is_adapter_model, save_merged
 from utils.train.callbacks import (
     EXIT_SIGNALLED,
     CheckpointCallback,
@@ -39,6 +40,7 @@ from utils.train.checkpointing import (
 )
 from utils.train.portable import make_portable
 from utils.train.processes import finish
+from utils.train.tracking import start_tracking
 
 logger = logging.getLogger(__name__)
 # Every module logs under its own name (``logging.getLogger(__name__)``): these are the project's top-level names,
@@ -147,6 +149,9 @@ def train_and_save(
         clear_previous_run(args.output_dir)
     trainer.accelerator.wait_for_everyone()
     resume = resolve_resume(script_args, args, arguments)
+    tracking = start_tracking(trainer, script_args, resume)  # before run_info.json is rewritten: a resume reads it
+    if tracking:
+        run_facts["tracking"] = tracking
     if trainer.is_world_process_zero():
         check_output_dir(args.output_dir, stage, arguments, bool(resume))
         remove_incomplete(args.output_dir)
@@ -155,7 +160,7 @@ def train_and_save(
         write_run_info(args.output_dir, stage, script_args, args, carry_over=carry, **run_facts)
     trainer.accelerator.wait_for_everyone()
     # Checkpoints carry the sampling defaults too, so any of them is ready to chat with.
-    trainer.model.generation_config = default_generation_config(tokenizer)
+    base_model(trainer.model).generation_config = default_generation_config(tokenizer)
     guard, stopper = NonFiniteLossCallback(), GracefulStopCallback()
     for callback in (guard, stopper, CheckpointCallback(script_args.keep_checkpoints)):
         trainer.add_callback(callback)
@@ -205,8 +210,12 @@ def train_and_save(
 
 def save_final(trainer, tokenizer: PreTrainedTokenizerBase, output_dir: str) -> None:
     """Model (safetensors), tokenizer with chat template, generation config, state and curves, in files that
-    transformers 4.x and 5.x, llama.cpp's converter and servers read the same way (``utils.train.portable``)."""
-    trainer.save_model(output_dir)
+    transformers 4.x and 5.x, llama.cpp's converter and servers read the same way (``utils.train.portable``).
+    A LoRA run saves the same: its adapters merged into full weights (``utils.train.adapters.save_merged``)."""
+    if is_adapter_model(trainer.model):
+        save_merged(trainer, tokenizer, output_dir)
+    else:
+        trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
         make_portable(output_dir)

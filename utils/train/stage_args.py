@@ -22,11 +22,12 @@ from utils.train.hardware import (
     export_launcher_precision,
     settle_hardware,
 )
+from utils.train.tracking import TrackingArguments, settle_tracking
 
 
 @dataclass
-class StageArguments:
-    """Hardware choices (``auto`` decides from what is present) and run safety."""
+class StageArguments(TrackingArguments):
+    """Hardware choices (``auto`` decides from what is present), run safety, and where runs are tracked."""
 
     resume: str | None = field(
         default=None,
@@ -98,6 +99,7 @@ class StageArguments:
         for key, value in settled.values.items():
             setattr(ns, key, value)
         export_launcher_precision(ns.precision)
+        settle_tracking(ns)
         # The divergence guard must see the raw losses; the default filter replaces a NaN by the running mean.
         ns.logging_nan_inf_filter = False
         if ns.save_total_limit is not None:

@@ -34,6 +34,8 @@ PT = Stage("mini_qwen_pt.py", mini_qwen_pt, (mini_qwen_pt.PTArguments, TrainingA
 SFT = Stage("mini_qwen_sft.py", mini_qwen_sft, (mini_qwen_sft.SFTArguments, SFTConfig))
 DPO = Stage("mini_qwen_dpo.py", mini_qwen_dpo, (mini_qwen_dpo.DPOArguments, DPOConfig))
 COMMON = ["--report_to", "none", "--logging_steps", "1", "--save_strategy", "no", "--seed", "7"]
+# LoRA with dropout: the resumed run must restore the adapters, their optimizer state and the RNG.
+LORA_RESUME = ["--use_peft", "true", "--lora_r", "4", "--lora_dropout", "0.1"]
 
 
 def pt_argv(tmp_path, tokenizer_dir, out="pt", steps="12") -> list[str]:
@@ -151,12 +153,14 @@ def tiny_models(tmp_path_factory, small_tokenizer_dir):
     return tmp
 
 
-@pytest.mark.parametrize("stage_name", ["pt", "sft", "dpo"])
+@pytest.mark.parametrize("stage_name", ["pt", "sft", "dpo", "sft_lora", "dpo_lora"])
 def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path, small_tokenizer_dir, tiny_models, stage_name):
     stage, make = {
         "pt": (PT, lambda out: pt_argv(tmp_path, small_tokenizer_dir, out)),
         "sft": (SFT, lambda out: sft_argv(tmp_path, tiny_models / "pt", out)),
         "dpo": (DPO, lambda out: dpo_argv(tmp_path, tiny_models / "sft", out)),
+        "sft_lora": (SFT, lambda out: sft_argv(tmp_path, tiny_models / "pt", out) + LORA_RESUME),
+        "dpo_lora": (DPO, lambda out: dpo_argv(tmp_path, tiny_models / "sft", out) + LORA_RESUME),
     }[stage_name]
     code, output = sigterm_midway(stage, make("stopped"))
     assert code == 143, output[-3000:]
@@ -166,6 +170,8 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path, small_tokenize
     step = int(saved.name.split("-")[1])
     assert 3 <= step < int(make("x")[make("x").index("--max_steps") + 1])
     assert not (tmp_path / "stopped" / "model.safetensors").exists()  # no final model: the run is not over
+    if stage_name.endswith("_lora"):  # the checkpoint holds the adapters only
+        assert (saved / "adapter_model.safetensors").is_file() and not (saved / "model.safetensors").exists()
 
     run(stage, [*make("stopped"), "--resume", "auto"])
     run(stage, make("straight"))
