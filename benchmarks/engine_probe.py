@@ -58,6 +58,9 @@ PROBE_FLAGS = [
     "sdpa",
     "--eval_strategy",
     "no",
+    # What is probed is the precision; a faked GPU without bitsandbytes would refuse the 8-bit recipes' optimizer.
+    "--optim",
+    "adamw_torch",
 ]
 
 
