@@ -37,11 +37,12 @@ from importlib import metadata
 from pathlib import Path
 
 from tools.bench_tasks import DEFAULT_TASKS, SPECS, LocalTask, full_docs, write_task_yamls
-from tools.serve import CheckpointError, check_checkpoint
+from tools.checkpoint_files import CheckpointError
+from tools.serve import check_checkpoint
 from utils.data.parquet import DataError
 from utils.evaluation import render_bench_table
 from utils.generation import is_chat_checkpoint
-from utils.run_info import as_jsonable, git_commit, package_versions, portable_path
+from utils.run_info import as_jsonable, folder_labels, git_commit, package_versions, portable_path
 from utils.train.hardware import inference_dtype, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -85,19 +86,6 @@ class BenchArguments:
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda."})
     cache_dir: str = field(default="cache/bench", metadata={"help": "datasets' cache of the benchmark files."})
     log_samples: bool = field(default=False, metadata={"help": "Keep every prompt and answer in raw/*.json."})
-
-
-def checkpoint_labels(paths: list[str]) -> list[str]:
-    """Column names: the folder name, with as many parent folders as it takes to tell it from the others."""
-    parts = [Path(p).resolve().parts for p in paths]
-    depth = [1] * len(paths)
-    while True:
-        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
-        clashes = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depth[i] < len(parts[i])]
-        if not clashes:
-            return labels
-        for i in clashes:
-            depth[i] += 1
 
 
 def check_arguments(args: BenchArguments) -> list[bool]:
@@ -262,7 +250,7 @@ def run_bench(args: BenchArguments) -> dict:
         "results": {},
     }
     (out / "raw").mkdir(parents=True, exist_ok=True)
-    labels = checkpoint_labels(args.model_name_or_path)
+    labels = folder_labels(args.model_name_or_path)
     for index, (path, label, chat) in enumerate(zip(args.model_name_or_path, labels, chat_modes), start=1):
         logger.info(
             "[%d/%d] %s: %s on %s (%s, %s)",

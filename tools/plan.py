@@ -88,6 +88,10 @@ def human(n: float, unit: str = "B") -> str:
     return f"{n} {unit}"
 
 
+def duration(hours: float) -> str:
+    return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min" if hours * 60 >= 1 else "under a minute"
+
+
 def count(n: float, unit: str) -> str:
     """A count in words a reader says aloud (``15.95B tokens``, ``8.91M rows``)."""
     for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
@@ -283,7 +287,7 @@ def disk_figures(stage: str, recipe: dict, data: dict, params: int, steps: int, 
 def render(plans: list[StagePlan], num_gpus: int, gpu: str) -> str:
     name, peak, card = GPUS[gpu]
     lines = [
-        f"Plan for {num_gpus} x {name} ({peak:g} TFLOP/s dense bf16 each, {card:g} GiB usable)",
+        f"Plan for {num_gpus} x {name} ({peak:g} TFLOP/s dense in half precision each, {card:g} GiB usable)",
         "",
         "| | " + " | ".join(p.stage.upper() for p in plans) + " |",
         "|---" * (len(plans) + 1) + "|",
@@ -296,8 +300,7 @@ def render(plans: list[StagePlan], num_gpus: int, gpu: str) -> str:
     row(
         "data",
         [
-            f"{human(p.data['tokens'], 'tokens') if 'tokens' in p.data and p.stage == 'pt' else ''}"
-            f"{human(p.data['rows'], 'rows') if 'rows' in p.data else ''} ({p.data['source']})"
+            ", ".join(count(p.data[k], k) for k in ("rows", "tokens") if p.data.get(k)) + f" ({p.data['source']})"
             for p in plans
         ],
     )
@@ -319,8 +322,9 @@ def render(plans: list[StagePlan], num_gpus: int, gpu: str) -> str:
         )
     row("training FLOPs", [f"{p.time['flops']:.2e}" for p in plans])
     for label in MFU:
-        row(f"time at {label} MFU", [f"{p.time[f'hours at {label} MFU']:.1f} h" for p in plans])
-    row("upstream measured", [p.time["upstream measured"] for p in plans])
+        row(f"time at {label} MFU", [duration(p.time[f"hours at {label} MFU"]) for p in plans])
+    if all(p.recipe.endswith("_full.yaml") for p in plans):
+        row("upstream measured", [p.time["upstream measured"] for p in plans])
     lines.append("")
     lines += [f"- {note}" for p in plans for note in p.notes]
     lines.append(

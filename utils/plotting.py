@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
 
 from utils.reference import ReferenceCurve, load_reference  # noqa: E402
-from utils.run_info import RUN_INFO_FILE, read_run_info, recorded_arguments  # noqa: E402
+from utils.run_info import RUN_INFO_FILE, folder_labels, read_run_info, recorded_arguments  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -200,12 +200,6 @@ def _draw_reference(ax, name: str, run_dir: str | Path, last_step: int) -> None:
     )
 
 
-def run_labels(run_dirs: list[Path]) -> list[str]:
-    """Folder names, or the last two path parts where names repeat (results/a/pt, results/b/pt)."""
-    names = [p.name for p in run_dirs]
-    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in run_dirs]
-
-
 def plot_runs(
     run_dirs: list[str | Path],
     x: str = "steps",
@@ -219,7 +213,7 @@ def plot_runs(
         raise ValueError(f"x must be steps, tokens or pairs, got {x!r}")
     runs = [Path(r) for r in run_dirs]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for run, label in zip(runs, run_labels(runs)):
+    for run, label in zip(runs, folder_labels(runs)):
         points = series(find_log_history(run), key, str(run / "trainer_state.json"))
         if not points:
             raise PlotInputError(f"{run}: no {key} in the log history")

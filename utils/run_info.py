@@ -150,3 +150,17 @@ def trained_length(folder: str | Path) -> tuple[int | None, str]:
     except (OSError, ValueError, AttributeError):
         positions = None
     return (positions, "config.json max_position_embeddings") if isinstance(positions, int) else (None, "")
+
+
+def folder_labels(paths: list[str | Path]) -> list[str]:
+    """Names for runs or checkpoints side by side (columns, legends): the folder name, with as many parent folders as
+    it takes to tell it from the others (``a/seed1/dpo``, ``b/seed1/dpo``, ``sft``)."""
+    parts = [Path(p).resolve().parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clashes = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depth[i] < len(parts[i])]
+        if not clashes:
+            return labels
+        for i in clashes:
+            depth[i] += 1

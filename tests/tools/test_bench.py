@@ -25,7 +25,7 @@ from tests.helpers import MINI_DATA, ROOT
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed: pip install -r requirements/bench.txt")
 
-from tools.bench import BenchArguments, checkpoint_labels, coverage, main, random_guess  # noqa: E402
+from tools.bench import BenchArguments, coverage, main, random_guess  # noqa: E402
 from tools.bench_tasks import SPECS, LocalTask, write_task_yamls  # noqa: E402
 from utils.evaluation import (  # noqa: E402
     above_chance,
@@ -36,7 +36,10 @@ from utils.evaluation import (  # noqa: E402
     render_bench_table,
 )
 from utils.modeling import ModelShapeArguments, build_model  # noqa: E402
-from utils.run_info import write_run_info  # noqa: E402
+from utils.run_info import (
+    folder_labels,  # noqa: E402
+    write_run_info,  # noqa: E402
+)
 from utils.tokenizer import load_tokenizer  # noqa: E402
 
 BENCH = MINI_DATA / "bench"
@@ -339,7 +342,7 @@ def test_the_same_checkpoint_twice_is_refused(tmp_path, checkpoints, monkeypatch
 
 def test_checkpoints_that_share_a_name_get_distinct_columns():
     paths = ["runs/a/seed1/dpo", "runs/b/seed1/dpo", "runs/a/seed2/dpo", "results/sft"]
-    assert checkpoint_labels(paths) == ["a/seed1/dpo", "b/seed1/dpo", "seed2/dpo", "sft"]
+    assert folder_labels(paths) == ["a/seed1/dpo", "b/seed1/dpo", "seed2/dpo", "sft"]
 
 
 def copy_fixtures(tmp_path) -> Path:
