@@ -190,15 +190,15 @@ def test_concurrent_runs_sharing_a_cache_dir(tmp_path, qwen_tokenizer, qwen_toke
     stale = tmp_path / "cache" / f"{key}.partial-other"
     stale.mkdir(parents=True)
     (stale / "tokens.bin").write_bytes(b"the other run's work")
-    real = token_cache._tokenize_all
+    real = token_cache.tokenize_files
 
     def other_run_finishes_first(*a, **kw):
         results = real(*a, **kw)
-        monkeypatch.setattr(token_cache, "_tokenize_all", real)
+        monkeypatch.setattr(token_cache, "tokenize_files", real)
         token_cache.build_token_cache(*args)  # the "other" run, complete before this one renames its folder
         return results
 
-    monkeypatch.setattr(token_cache, "_tokenize_all", other_run_finishes_first)
+    monkeypatch.setattr(token_cache, "tokenize_files", other_run_finishes_first)
     cache = token_cache.build_token_cache(*args)
     assert cache.meta["documents"] == 2 and (stale / "tokens.bin").read_bytes() == b"the other run's work"
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([key, stale.name])

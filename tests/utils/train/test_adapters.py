@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from accelerate import Accelerator
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -115,6 +116,9 @@ def test_dpo_reference_is_the_frozen_base_without_a_second_copy(lora_runs):
     base = load_causal_lm(str(lora_runs["sft"]))
     assert count_parameters(trainer.model) == count_parameters(base) + adapter
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    # Every TrainingArguments built by a later test resets accelerate's shared state, and TRL reads the device
+    # from it: set it up again as this session's trainer had it (the CPU)
+    Accelerator(cpu=True)
     reference = trainer.compute_ref_log_probs(trainer.model, batch)  # TRL's path: the adapters switched off
     from_base = trainer.compute_ref_log_probs(use_fused_lm_head(base).eval(), batch)
     trained = trainer.compute_ref_log_probs(use_fused_lm_head(load_causal_lm(str(lora_runs["dpo"]))).eval(), batch)
