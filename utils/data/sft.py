@@ -5,12 +5,18 @@ the tokenizer's chat template -> labels that supervise every assistant reply and
 cannot be used are kept as empty rows carrying the reason, counted, then filtered out. The result is an
 on-disk Arrow dataset that the next run (and the other processes of a multi-GPU run) reuse; its cache key is
 a fingerprint of the input files, the tokenizer and the settings, not a hash of Python objects.
+
+Optionally (``reasoning_data_dir``) math problems with worked solutions join them as conversations that reason
+in a think block before answering (``utils.data.problems.reasoning_messages``): where a thinking model learns the
+layout that GRPO later rewards.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from functools import lru_cache
+from pathlib import Path
 
 import pyarrow.compute as pc
 from datasets import Dataset
@@ -19,6 +25,7 @@ from datasets.exceptions import DatasetGenerationError
 from utils.data.chat import SkipRow, conversation_to_messages, encode_chat
 from utils.data.collate import IGNORE_INDEX
 from utils.data.parquet import INVALID_UTF8, DataError, SkipCounter, files_fingerprint, find_parquet_files, read_rows
+from utils.data.problems import problem_rows, reasoning_messages
 from utils.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -32,15 +39,45 @@ def _worker_tokenizer(tokenizer_dir: str):
     return load_tokenizer(tokenizer_dir)
 
 
-def _sft_rows(files: list[str], tokenizer_dir: str, max_length: int | None, default_system_prompt: str | None):
+def _records(path: str, reasoning_dir: str | None) -> Iterator[tuple[int, dict | SkipRow | None, bool]]:
+    """``(row, record, thinking)`` of one file: Infinity-Instruct conversations, or (under ``reasoning_dir``) math
+    problems with worked solutions, which become reasoning conversations."""
+    if reasoning_dir is not None and Path(path).resolve().is_relative_to(Path(reasoning_dir).resolve()):
+        for row, record in problem_rows(Path(path)):
+            yield row, record, True
+    else:
+        for _, row, record in read_rows([path], ["conversations"]):
+            yield row, record, False
+
+
+def _sft_rows(
+    files: list[str],
+    tokenizer_dir: str,
+    max_length: int | None,
+    default_system_prompt: str | None,
+    reasoning_dir: str | None = None,
+):
     """One output row per input row: tokenized, or empty with the reason it is skipped."""
     tokenizer = _worker_tokenizer(tokenizer_dir)
-    for path, row, record in read_rows(files, ["conversations"]):
+    for path in files:
+        yield from _file_rows(tokenizer, path, max_length, default_system_prompt, reasoning_dir)
+
+
+def _file_rows(tokenizer, path: str, max_length: int | None, default_system_prompt: str | None, reasoning_dir):
+    """The output rows of one file (see ``_sft_rows``)."""
+    for row, record, thinking in _records(path, reasoning_dir):
         try:
             if record is None:
                 raise SkipRow(INVALID_UTF8)
-            messages = conversation_to_messages(record["conversations"], default_system_prompt)
-            encoded = encode_chat(tokenizer, messages, max_length)
+            if isinstance(record, SkipRow):
+                raise record
+            if thinking:
+                messages = reasoning_messages(record)
+            else:
+                messages = conversation_to_messages(record["conversations"], default_system_prompt)
+            if default_system_prompt and thinking:
+                messages.insert(0, {"role": "system", "content": default_system_prompt})
+            encoded = encode_chat(tokenizer, messages, max_length, thinking=thinking)
         except SkipRow as reason:
             yield {
                 "input_ids": [],
@@ -72,24 +109,36 @@ def load_sft_dataset(
     num_proc: int = 1,
     cache_dir: str | None = None,
     tokenizer=None,
+    reasoning_data_dir: str | None = None,
 ) -> tuple[Dataset, dict]:
     """Tokenized conversations (``input_ids``, ``labels``) and a summary of what was kept, skipped and cut.
 
-    ``num_proc`` processes tokenize the files in parallel (one file is never split)."""
+    ``reasoning_data_dir``: math problems with worked solutions (``utils.data.problems``), added as conversations
+    rendered with thinking on (the solution in the think block, then the final number), so that the model learns
+    the layout that GRPO's rewards check. ``num_proc`` processes tokenize the files in parallel (one file is never
+    split)."""
     files = [str(p) for p in find_parquet_files(data_dir)]
     logger.info("Found %d parquet files under %s", len(files), data_dir)
+    if reasoning_data_dir:
+        reasoning_files = [str(p) for p in find_parquet_files(reasoning_data_dir)]
+        logger.info(
+            "Found %d problem files under %s (reasoning conversations)", len(reasoning_files), reasoning_data_dir
+        )
+        files += reasoning_files
     tokenizer = tokenizer or load_tokenizer(tokenizer_dir)
     settings = (
         f"sft-v{SFT_CACHE_VERSION}",
         tokenizer_fingerprint(tokenizer),
         f"{max_length}",
         f"{default_system_prompt}",
+        *([f"reasoning={reasoning_data_dir}"] if reasoning_data_dir else []),
     )
     gen_kwargs = {
         "files": files,
         "tokenizer_dir": tokenizer_dir,
         "max_length": max_length,
         "default_system_prompt": default_system_prompt,
+        "reasoning_dir": reasoning_data_dir,
     }
     try:
         dataset = Dataset.from_generator(
