@@ -13,7 +13,8 @@ Batch mode: every prompt through every checkpoint, plus perplexity / bits-per-by
 
 writes ``generations.jsonl``, ``metrics.json`` and ``report.md`` (outputs side by side, repetition metrics,
 perplexity); ``--decoding greedy sample`` adds one column per checkpoint and decoding; ``--bench bench.json`` adds the
-benchmark table of ``bash run.sh bench``.
+benchmark table of ``bash run.sh bench``. ``--enable_thinking true`` turns on the chat template's thinking switch
+(replies reason in a think block first, as a GRPO model learned to); the answer and its reasoning are kept apart.
 Sampling defaults come from each checkpoint's generation_config.json (``utils.generation.SAMPLING_DEFAULTS``
 for checkpoints trained here); ``--do_sample false`` is greedy. Answers stop at ``--max_new_tokens``.
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from utils.data.chat import split_reasoning
 from utils.data.parquet import DataError, find_parquet_files, read_rows
 from utils.evaluation import bench_table_markdown, distinct_n, perplexity_and_bpb, repeated_ngram_share, text_nll
 from utils.generation import (
@@ -72,6 +74,13 @@ class EvalArguments:
     block_size: int = field(default=512, metadata={"help": "Context length for perplexity."})
     output_dir: str = field(default="results/eval", metadata={"help": "Where batch results are written."})
     system_prompt: str | None = field(default=None, metadata={"help": "System prompt for chat mode."})
+    enable_thinking: bool = field(
+        default=False,
+        metadata={
+            "help": "Chat mode: the chat template's thinking switch (replies open a think block, as after GRPO); the "
+            "reasoning is kept apart from the answer (the 'reasoning' field of generations.jsonl)."
+        },
+    )
     do_sample: bool | None = field(default=None, metadata={"help": "False = greedy. Default: the checkpoint's."})
     temperature: float | None = field(default=None, metadata={"help": "Default: the checkpoint's."})
     top_p: float | None = field(default=None, metadata={"help": "Default: the checkpoint's."})
@@ -212,7 +221,10 @@ def batch(args: EvalArguments) -> list[dict]:
                 overrides["do_sample"] = decoding == "sample"
             config = build_generation_config(model, **overrides)
             torch.manual_seed(args.seed)
-            mine = [_answer(model, tokenizer, chat, prompt, config, args.system_prompt) for prompt in prompts]
+            mine = [
+                _answer(model, tokenizer, chat, prompt, config, args.system_prompt, args.enable_thinking)
+                for prompt in prompts
+            ]
             for row in mine:
                 row.update(model=path, decoding=decoding, column=label)
             rows += mine
@@ -235,15 +247,26 @@ def batch(args: EvalArguments) -> list[dict]:
     return rows
 
 
-def _answer(model, tokenizer, chat: bool, prompt: str, config, system_prompt: str | None) -> dict:
+def reply_parts(text: str, thinking: bool) -> dict:
+    """A chat reply as a message: the answer as ``content`` and, with thinking, the think block's text apart as
+    ``reasoning_content`` (a block that never closed is all reasoning, with an empty answer)."""
+    if not thinking:
+        return {"content": text}
+    reasoning, answer, _ = split_reasoning(text, thinking=True)
+    return {"content": (answer or "").strip(), "reasoning_content": reasoning.strip()}
+
+
+def _answer(model, tokenizer, chat: bool, prompt: str, config, system_prompt: str | None, thinking: bool) -> dict:
     query = [{"role": "user", "content": prompt}] if chat else prompt
     if chat and system_prompt:
         query.insert(0, {"role": "system", "content": system_prompt})
-    result = generate(model, tokenizer, query, config)
+    result = generate(model, tokenizer, query, config, thinking=thinking and chat)
+    reply = reply_parts(result.text, thinking and chat)
     return {
         "mode": "chat" if chat else "raw",
         "prompt": prompt,
-        "output": result.text,
+        "output": reply["content"],
+        **({"reasoning": reply["reasoning_content"]} if "reasoning_content" in reply else {}),
         "new_tokens": len(result.token_ids),
         "ended_with_eos": result.ended_with_eos,
         "repeated_4gram_share": round(repeated_ngram_share(result.token_ids, 4), 4),
@@ -314,12 +337,16 @@ def chat_loop(args: EvalArguments, stdin=None) -> None:
         config = build_generation_config(model, **sampling)
         messages = ([{"role": "system", "content": system}] if system else []) + history
         messages = messages + [{"role": "user", "content": text}]
+        thinking = args.enable_thinking and chat
         try:
-            generate(model, tokenizer, messages if chat else text, config, streamer=streamer)
+            generate(model, tokenizer, messages if chat else text, config, streamer=streamer, thinking=thinking)
         except KeyboardInterrupt:
             print("\n[stopped]", flush=True)
         if chat:
-            history += [{"role": "user", "content": text}, {"role": "assistant", "content": streamer.text}]
+            history += [
+                {"role": "user", "content": text},
+                {"role": "assistant", **reply_parts(streamer.text, thinking)},
+            ]
 
 
 def _bool(value: str) -> bool:

@@ -2,11 +2,13 @@
 # mini_qwen: one entry point for people.
 #
 #   bash run.sh demo                 # whole demo on the bundled data: PT -> SFT -> DPO -> answers (CPU is fine)
+#   bash run.sh demo --with_grpo     # the same, its SFT with worked solutions, then GRPO with a thinking model
 #   bash run.sh demo --recipes t4    # the same chain with the full 1B shape at seq 128 on a 16 GB GPU (T4 class)
 #   bash run.sh test                 # the test suite (what CI runs)
 #   bash run.sh pt  [flags...]       # full-recipe pretraining   (configs/pt_full.yaml  + your flags)
 #   bash run.sh sft [flags...]       # full-recipe SFT            (configs/sft_full.yaml + your flags)
 #   bash run.sh dpo [flags...]       # full-recipe DPO            (configs/dpo_full.yaml + your flags)
+#   bash run.sh grpo [flags...]      # full-recipe GRPO on math problems (configs/grpo_full.yaml + your flags)
 #   bash run.sh eval [flags...]      # chat with / compare checkpoints (mini_qwen_eval.py flags)
 #   bash run.sh bench [flags...]     # C-Eval, CMMLU, MMLU, ARC, HellaSwag (+ --tasks gsm8k) via lm-evaluation-harness
 #   bash run.sh experiment NAME      # one of upstream's studies: packing, bilingual, scaling, sft_epochs, dpo_lr
@@ -17,11 +19,11 @@
 #   bash run.sh -h                   # this help
 #
 # Variables (all optional):
-#   NUM_GPUS=6          >1: pt/sft/dpo run under `accelerate launch` with DeepSpeed (ACCELERATE_CONFIG)
+#   NUM_GPUS=6          >1: pt/sft/dpo/grpo run under `accelerate launch` with DeepSpeed (ACCELERATE_CONFIG)
 #   ACCELERATE_CONFIG=accelerate_config.yaml   (see configs/accelerate/ for ZeRO-3, offload, multi-node)
 #   NUM_MACHINES=1 MACHINE_RANK=0 MAIN_PROCESS_IP=... MAIN_PROCESS_PORT=29500   multi-node settings
-#   BACKGROUND=1        run pt/sft/dpo with nohup, logging to $LOG_DIR/<stage>.log (LOG_DIR=logs)
-#   CONFIG=path.yaml    a different recipe for pt/sft/dpo
+#   BACKGROUND=1        run pt/sft/dpo/grpo with nohup, logging to $LOG_DIR/<stage>.log (LOG_DIR=logs)
+#   CONFIG=path.yaml    a different recipe for pt/sft/dpo/grpo
 #   VENV=.venv          the virtual environment to create/use; PYTHON=python3 the interpreter that makes it
 #   TORCH_SPEC="torch==2.13.0"   how torch is installed if missing (e.g. a CUDA build on GPU machines)
 #
@@ -111,6 +113,7 @@ case "$mode" in
   pt) setup && launch mini_qwen_pt.py configs/pt_full.yaml "$@" ;;
   sft) setup && launch mini_qwen_sft.py configs/sft_full.yaml "$@" ;;
   dpo) setup && launch mini_qwen_dpo.py configs/dpo_full.yaml "$@" ;;
+  grpo) setup && launch mini_qwen_grpo.py configs/grpo_full.yaml "$@" ;;
   eval) setup && "$VENV/bin/python" mini_qwen_eval.py "$@" ;;
   bench) setup && install requirements/bench.txt && offline "$VENV/bin/python" -m tools.bench "$@" ;;
   experiment) setup && "$VENV/bin/python" -m experiments "$@" ;;

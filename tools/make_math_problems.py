@@ -1,13 +1,14 @@
 """Our own arithmetic word problems in Chinese and English, with worked solutions and exact answers.
 
     python -m tools.make_math_problems                      # what mini_data/grpo holds (seeded: same files every run)
-    python -m tools.make_math_problems --train 2000 --test 500 --output_dir data/grpo_synthetic
+    python -m tools.make_math_problems --train 2000 --sft 500 --test 500 --output_dir data/grpo_synthetic
 
 Each row has GSM8K's layout, so one reader serves both: ``question``, ``answer`` (the worked solution, then
 ``#### <number>`` on its last line), plus ``language`` (zh or en). The problems come from the templates below,
-one to three operations on small whole numbers (divisions always come out even). ``train/`` feeds the GRPO demo
-(and, as worked solutions, the demo SFT's reasoning conversations); ``test/`` holds other problems, never trained
-on. The text is written here, from scratch: none of it comes from a benchmark.
+one to three operations on small whole numbers (divisions always come out even). Three disjoint sets: ``train/``
+feeds the GRPO demo; ``sft/`` is a few dozen worked solutions from which the demo SFT learns the thinking layout
+(a cold start: GRPO needs some replies in that layout to reward); ``test/`` is never trained on. The text is
+written here, from scratch: none of it comes from a benchmark.
 """
 
 from __future__ import annotations
@@ -202,15 +203,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="mini_data/grpo", help="train/ and test/ go here.")
     parser.add_argument("--train", type=int, default=240, help="Problems for training.")
-    parser.add_argument("--test", type=int, default=60, help="Held-out problems (distinct from the training ones).")
+    parser.add_argument(
+        "--sft",
+        type=int,
+        default=48,
+        help="Other problems whose worked solutions SFT learns the thinking layout from.",
+    )
+    parser.add_argument("--test", type=int, default=60, help="Held-out problems (distinct from all the others).")
     parser.add_argument("--seed", type=int, default=2024, help="The same seed writes the same files.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    train = make_problems(args.train, args.seed)
-    test = make_problems(args.test, args.seed + 1, exclude={row["question"] for row in train})
-    out = Path(args.output_dir)
-    write(train, out / "train" / "problems.parquet")
-    write(test, out / "test" / "problems.parquet")
+    out, seen = Path(args.output_dir), set()
+    for offset, (split, count) in enumerate((("train", args.train), ("sft", args.sft), ("test", args.test))):
+        rows = make_problems(count, args.seed + offset, exclude=seen)
+        seen |= {row["question"] for row in rows}
+        write(rows, out / split / "problems.parquet")
 
 
 if __name__ == "__main__":

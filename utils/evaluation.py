@@ -1,5 +1,5 @@
-"""Numbers that say whether a model got better: log-likelihoods, perplexity, bits per byte, repetition, and the
-benchmark table."""
+"""Numbers that say whether a model got better: log-likelihoods, perplexity, bits per byte, repetition, held-out
+math problems, and the benchmark table."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import json
 import math
 from collections import Counter
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
+
+from utils.rewards import judge
 
 
 @torch.no_grad()
@@ -111,6 +114,45 @@ def write_preference_report(report: dict, output_dir: str | Path) -> None:
         "",
     ]
     (out / "preference_report.md").write_text("\n".join(lines))
+
+
+def problem_scores(generations: list, references: list[str], thinking: bool) -> dict:
+    """What a model did on held-out math problems: the share answered right (``correctness_reward``), laid out as
+    asked (``format_reward``), ended at an end-of-turn token, and the mean reply length in tokens."""
+    n = len(generations)
+    judged = [judge(g.text, thinking, g.ended_with_eos) for g in generations]
+    right = sum(j.value is not None and j.value == Fraction(ref) for j, ref in zip(judged, references))
+    return {
+        "problems": n,
+        "correct": right / n,
+        "well_formed": sum(j.well_formed and j.value is not None for j in judged) / n,
+        "ended": sum(g.ended_with_eos for g in generations) / n,
+        "mean_tokens": sum(len(g.token_ids) for g in generations) / n,
+    }
+
+
+def write_problem_report(report: dict, output_dir: str | Path) -> None:
+    """``grpo_report.json`` and ``.md``: the start checkpoint and the trained model side by side."""
+    out = Path(output_dir)
+    (out / "grpo_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    rows = [
+        f"| {name} | {s['correct']:.1%} | {s['well_formed']:.1%} | {s['ended']:.1%} | {s['mean_tokens']:.1f} |"
+        for name, s in (("start", report["start"]), ("GRPO", report["grpo"]))
+    ]
+    lines = [
+        f"# GRPO report ({report['start']['problems']} held-out problems, greedy, thinking "
+        f"{'on' if report['thinking'] else 'off'})",
+        "",
+        "| model | correct | one think block, then a stated number | ended | mean reply tokens |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Start: {report['start_checkpoint']}. Examples (GRPO):",
+        "",
+        *[f"- {e['question']!r} (reference {e['reference']}) -> {e['reply']!r}" for e in report["examples"]],
+        "",
+    ]
+    (out / "grpo_report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
 # Benchmark tables (bench.json of tools/bench.py), rendered here so that any report can include one.

@@ -22,7 +22,8 @@ from utils.run_info import read_run_info  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-# Curves drawn when present in the log history, one panel each; DPO adds its reward metrics.
+# Curves drawn when present in the log history, one panel each; DPO adds its reward metrics, GRPO its reward, the
+# reward's parts, the reply length and the share of replies that ended.
 DEFAULT_KEYS = (
     "loss",
     "eval_loss",
@@ -31,7 +32,14 @@ DEFAULT_KEYS = (
     "real_token_share",
     "rewards/margins",
     "rewards/accuracies",
+    "reward",
+    "rewards/correctness_reward/mean",
+    "rewards/format_reward/mean",
+    "completions/mean_length",
+    "completions/ended_ratio",
 )
+# Curves that are one minus a logged one: TRL logs the share of replies cut at max_completion_length.
+COMPLEMENTS = {"completions/ended_ratio": "completions/clipped_ratio"}
 
 
 def find_log_history(run_dir: str | Path) -> list[dict]:
@@ -48,7 +56,9 @@ def find_log_history(run_dir: str | Path) -> list[dict]:
 
 
 def series(history: list[dict], key: str) -> list[tuple[int, float]]:
-    """``(step, value)`` of every finite ``key`` in a log history."""
+    """``(step, value)`` of every finite ``key`` in a log history (or one minus its ``COMPLEMENTS`` entry)."""
+    if key in COMPLEMENTS:
+        return [(step, 1 - value) for step, value in series(history, COMPLEMENTS[key])]
     points = [(h["step"], h[key]) for h in history if key in h and isinstance(h[key], (int, float))]
     return [(s, v) for s, v in points if math.isfinite(v)]
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 
 from utils.data.chat import split_reasoning
 
@@ -177,3 +178,10 @@ def format_reward(
         judged = judge(text, thinking, done)
         rewards.append(float(judged.well_formed and judged.value is not None))
     return rewards
+
+
+def reward_functions(thinking: bool, eos_ids: Sequence[int]) -> list[Callable]:
+    """The rewards GRPO sums (weights: GRPOConfig's ``reward_weights``, in this order), bound to the thinking switch
+    and to the ids that end a completion. TRL logs each as ``rewards/<function name>/mean``."""
+    bound = {"thinking": thinking, "eos_ids": tuple(eos_ids)}
+    return [partial(correctness_reward, **bound), partial(format_reward, **bound)]

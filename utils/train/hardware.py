@@ -3,7 +3,7 @@
 ``TrainingArguments.__post_init__`` derives state from its flags (``mixed_precision`` from ``bf16``/``fp16``)
 and the Trainer hands that derived state to Accelerate, so a choice set on parsed arguments afterwards
 changes the log, not the training. Every ``auto`` (precision, attention, fused LM head) and every fallback
-(Liger kernels, 8-bit Adam) is therefore settled here on the raw parsed values, and only then are the
+(Liger kernels, 8-bit Adam, vLLM rollouts) is therefore settled here on the raw parsed values, and only then are the
 dataclasses built (``utils.train.args.parse_args``).
 """
 
@@ -108,6 +108,15 @@ def fused_lm_head_usable(requested: str, hardware: Hardware) -> tuple[bool, str]
     return usable, "CUDA GPU with Triton" if usable else "no CUDA GPU with Triton: plain logits are faster"
 
 
+def vllm_usable(hardware: Hardware) -> tuple[bool, str]:
+    """GRPO's rollouts through vLLM need a CUDA GPU and vllm (requirements/vllm.txt); ``why`` says what is missing."""
+    if not hardware.cuda:
+        return False, "no CUDA GPU (vLLM generates on GPUs only)"
+    if not installed("vllm"):
+        return False, "vllm is not installed (requirements/vllm.txt)"
+    return True, "vllm on a CUDA GPU"
+
+
 @dataclass
 class Settled:
     """Values decided for the training arguments, and one line per decision for the log."""
@@ -118,8 +127,9 @@ class Settled:
 
 def settle_hardware(ns, hardware: Hardware, world_size: int) -> Settled:
     """Every hardware choice of a stage, from the raw parsed values ``ns`` (an argparse namespace) and the machine:
-    attention, the fused LM head (stages that have the flag), precision, Liger kernels, the 8-bit optimizer and the
-    process-group backend. Pure: it returns the values to set and the log lines; nothing is changed here.
+    attention, the fused LM head (stages that have the flag), precision, Liger kernels, the 8-bit optimizer, vLLM
+    rollouts (GRPO) and the process-group backend. Pure: it returns the values to set and the log lines; nothing
+    is changed here.
 
     ``bf16``/``fp16`` are the Trainer's own flags, accepted as another way to ask for a precision. The loss goes
     through the fused LM head (always in TRL's SFT/DPO trainers), so Liger's own fused cross-entropy must stay off.
@@ -185,6 +195,11 @@ def settle_hardware(ns, hardware: Hardware, world_size: int) -> Settled:
             )
         )
         values["optim"] = "adamw_torch"
+    if getattr(ns, "use_vllm", False):
+        usable, why = vllm_usable(hardware)
+        if not usable:
+            notes.append((logging.INFO, f"use_vllm: {why}, rollouts with transformers' generate"))
+            values["use_vllm"] = False
     if world_size > 1 and not hardware.cuda and not ns.ddp_backend:
         # A CPU-only multi-process launch (DeepSpeed on CPU, as CI runs it) needs gloo named before the
         # training arguments are built: otherwise every process believes it is alone.

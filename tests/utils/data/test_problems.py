@@ -21,11 +21,14 @@ GRPO = MINI_DATA / "grpo"
 
 def test_bundled_problems_are_what_the_generator_writes():
     """mini_data/grpo is the generator's output with its defaults: anyone can rebuild (or extend) it."""
-    train = pq.read_table(GRPO / "train" / "problems.parquet").to_pylist()
-    test = pq.read_table(GRPO / "test" / "problems.parquet").to_pylist()
+    train, sft, test = (
+        pq.read_table(GRPO / split / "problems.parquet").to_pylist() for split in ("train", "sft", "test")
+    )
     assert train == make_problems(240, 2024)
-    assert test == make_problems(60, 2025, exclude={row["question"] for row in train})
-    assert not {r["question"] for r in train} & {r["question"] for r in test}
+    assert sft == make_problems(48, 2025, exclude={row["question"] for row in train})
+    assert test == make_problems(60, 2026, exclude={row["question"] for row in train + sft})
+    questions = [{r["question"] for r in rows} for rows in (train, sft, test)]
+    assert sum(map(len, questions)) == len(set.union(*questions)) == 348  # three disjoint sets
     assert [r["language"] for r in train].count("zh") == [r["language"] for r in train].count("en") == 120
 
 
@@ -109,7 +112,8 @@ def test_reasoning_messages_from_worked_solutions():
 
 
 def test_sft_mixes_reasoning_conversations(tmp_path, qwen_tokenizer_dir, qwen_tokenizer):
-    """--reasoning_data_dir adds one thinking conversation per problem, labelled from the reasoning to <|im_end|>."""
+    """--reasoning_data_dir adds one thinking conversation per problem, labelled from the reasoning to <|im_end|>
+    (the "<think>" that opens it belongs to the prompt)."""
     plain, plain_summary = load_sft_dataset(
         str(MINI_DATA / "sft"), str(qwen_tokenizer_dir), 1024, cache_dir=str(tmp_path)
     )
@@ -118,13 +122,13 @@ def test_sft_mixes_reasoning_conversations(tmp_path, qwen_tokenizer_dir, qwen_to
         str(qwen_tokenizer_dir),
         1024,
         cache_dir=str(tmp_path),
-        reasoning_data_dir=str(GRPO / "train"),
+        reasoning_data_dir=str(GRPO / "sft"),
     )
-    assert summary["kept"] == plain_summary["kept"] + 240 and len(mixed) == len(plain) + 240
-    first = pq.read_table(GRPO / "train" / "problems.parquet").to_pylist()[0]
+    assert summary["kept"] == plain_summary["kept"] + 48 and len(mixed) == len(plain) + 48
+    first = pq.read_table(GRPO / "sft" / "problems.parquet").to_pylist()[0]
     expected = encode_chat(qwen_tokenizer, reasoning_messages(first), 1024, thinking=True)
     row = mixed[len(plain)]
     assert row["input_ids"] == expected.input_ids and row["labels"] == expected.labels
     supervised = qwen_tokenizer.decode([t for t in row["labels"] if t != IGNORE_INDEX])
-    assert supervised.startswith("其余的") and "</think>\n\n答案是 8。" in supervised
+    assert supervised.startswith("小雨从37本中送出35本") and "</think>\n\n答案是 2。" in supervised
     assert "<think>" in qwen_tokenizer.decode(row["input_ids"]) and "<think>" not in supervised
