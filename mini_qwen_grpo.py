@@ -73,7 +73,9 @@ class GRPOArguments(StageArguments):
     )
     max_prompt_length: int = field(
         default=256,
-        metadata={"help": "Problems whose prompt is longer (in tokens) are skipped and counted: TRL does not cut them."},
+        metadata={
+            "help": "Problems whose prompt is longer (in tokens) are skipped and counted (TRL would not cut them)."
+        },
     )
     holdout: float = field(
         default=0.05,
@@ -113,7 +115,9 @@ def heldout_report(script_args: GRPOArguments, training_args: GRPOConfig, tokeni
     for name, path in (("start", script_args.model_name_or_path), ("grpo", training_args.output_dir)):
         model = load_causal_lm(path, attn).to(device).eval()
         config = build_generation_config(
-            model, do_sample=False, max_new_tokens=training_args.max_completion_length,
+            model,
+            do_sample=False,
+            max_new_tokens=training_args.max_completion_length,
             repetition_penalty=training_args.repetition_penalty,
         )
         generations = generate_batch(model, tokenizer, prompts, config, thinking)
