@@ -16,6 +16,7 @@ from trl import GRPOConfig, SFTConfig
 import mini_qwen_grpo
 import mini_qwen_sft
 from tests.helpers import MINI_DATA
+from tests.stages.test_distributed import ZERO2, check_run, launch
 from utils.modeling import ModelShapeArguments, build_model
 from utils.tokenizer import load_tokenizer
 from utils.train.args import parse_args
@@ -211,3 +212,18 @@ def test_bad_starts_are_refused(tmp_path, thinking_model, small_tokenizer_dir):
     tokenizer.save_pretrained(foreign)
     with pytest.raises(ValueError, match="no enable_thinking switch"):
         run_grpo(tmp_path, foreign)
+
+
+def test_two_processes_under_deepspeed_zero2(tmp_path, thinking_model):
+    """accelerate launch, 2 CPU processes, ZeRO-2: each process generates its share of the replies, the rewards are
+    gathered for the group comparison, and the checkpoint loads without DeepSpeed."""
+    args = grpo_args(tmp_path, thinking_model, "--per_device_train_batch_size", "8", "--max_steps", "4")
+    launch("mini_qwen_grpo.py", ZERO2, *args, "--logging_steps", "1")
+    out = tmp_path / "grpo"
+    check_run(out, falling=False)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["global_batch_size"] == 8 * 2  # two problems' 8 replies per optimizer step, split over 2 processes
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    form = [h[FORMAT] for h in history if FORMAT in h]
+    assert len(form) == 2 and all(0 <= v <= 1 for v in form)
+    assert json.loads((out / "grpo_report.json").read_text())["grpo"]["problems"] == 8
