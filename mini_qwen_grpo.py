@@ -39,7 +39,7 @@ from utils.data.dpo import split_holdout
 from utils.data.parquet import DataError
 from utils.data.problems import as_dataset, load_problems
 from utils.evaluation import problem_scores, write_problem_report
-from utils.generation import build_generation_config, default_generation_config, generate_batch
+from utils.generation import build_generation_config, default_generation_config, end_of_turn_ids, generate_batch
 from utils.modeling import load_causal_lm
 from utils.rewards import reward_functions
 from utils.run_info import read_run_info
@@ -100,13 +100,6 @@ class GRPOArguments(StageArguments):
         ns.chat_template_kwargs = {THINKING_SWITCH: True} if ns.enable_thinking else None
 
 
-def end_of_turn_ids(tokenizer, model) -> list[int]:
-    """The ids that end a completion, as TRL counts them: the checkpoint's end-of-turn ids and the pad id."""
-    eos = model.generation_config.eos_token_id
-    ids = list(eos) if isinstance(eos, list) else [eos]
-    return ids + [i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i not in ids]
-
-
 def heldout_report(script_args: GRPOArguments, training_args: GRPOConfig, tokenizer, heldout, device) -> dict:
     """The start checkpoint and the trained model on the held-out problems: greedy replies, scored by the rewards."""
     thinking, attn = script_args.enable_thinking, script_args.attn_implementation
@@ -155,7 +148,7 @@ def main(script_args: GRPOArguments, training_args: GRPOConfig) -> GRPOTrainer:
     )
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=reward_functions(thinking, end_of_turn_ids(tokenizer, model)),
+        reward_funcs=reward_functions(thinking, end_of_turn_ids(tokenizer, model.generation_config)),
         args=training_args,
         train_dataset=as_dataset(train),
         processing_class=tokenizer,

@@ -49,6 +49,14 @@ def default_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationC
     return GenerationConfig(**SAMPLING_DEFAULTS, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
 
 
+def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase, generation_config: GenerationConfig) -> list[int]:
+    """The ids that end a reply: the generation config's end ids, then the tokenizer's end-of-turn and pad ids (a
+    reply that stops at the pad id, as TRL counts them, ended too)."""
+    eos = generation_config.eos_token_id
+    ids = list(eos) if isinstance(eos, list) else [] if eos is None else [eos]
+    return ids + [i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None and i not in ids]
+
+
 def is_chat_checkpoint(path: str) -> bool:
     """A PT checkpoint continues raw text; SFT/DPO checkpoints (and foreign ones) are chat models."""
     return (read_run_info(path) or {}).get("stage") != "pt"
