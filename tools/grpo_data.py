@@ -25,17 +25,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tools.bench_data import BenchSource
+
 logger = logging.getLogger(__name__)
 
 SHARD = "train-00000-of-00001.parquet"
 GSM8K_ZH_FILE = "GSM8K_zh.json"
-# folder under <data_dir>/grpo -> (hub dataset, revision, --include globs). The evidence for each revision and the
-# files it holds is hub_listings/<folder>.json (openai/gsm8k's is the benchmark's own listing, the same commit).
-GRPO_SOURCES: dict[str, tuple[str, str, list[str]]] = {
-    "gsm8k": ("openai/gsm8k", "740312add88f781978c0658806c59bc2815b9866", ["main/train-*.parquet"]),
-    "gsm8k_zh": ("meta-math/GSM8K_zh", "4a5009abc37cbb2d3fd1a745f80e5ea1405ba9aa", [GSM8K_ZH_FILE]),
+# folder under <data_dir>/grpo -> where it comes from. The evidence for each revision and the files it holds is
+# hub_listings/<folder>.json (openai/gsm8k's is the benchmark's own listing: the same commit, its train file only).
+GRPO_SOURCES: dict[str, BenchSource] = {
+    "gsm8k": BenchSource("openai/gsm8k", "740312add88f781978c0658806c59bc2815b9866", ("main/train-*.parquet",)),
+    "gsm8k_zh": BenchSource("meta-math/GSM8K_zh", "4a5009abc37cbb2d3fd1a745f80e5ea1405ba9aa", (GSM8K_ZH_FILE,)),
 }
-HUB_LISTINGS = Path(__file__).resolve().parent / "hub_listings"
 TRAIN = "train"
 
 

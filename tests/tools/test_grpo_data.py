@@ -4,12 +4,16 @@ GSM8K_zh's JSON becomes GSM8K-layout parquet holding its training rows only."""
 from __future__ import annotations
 
 import json
-from fnmatch import fnmatch
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
 
-from tools.grpo_data import GRPO_SOURCES, HUB_LISTINGS, normalize_grpo_folder
+from tests.helpers import MINI_DATA, ROOT
+from tests.helpers.bench_hub import hub_select
+from tools.bench_data import hub_listing
+from tools.grpo_data import GRPO_SOURCES, normalize_grpo_folder
 from utils.data.problems import load_problems
 
 RECORDS = [
@@ -63,15 +67,47 @@ def test_gsm8k_zh_without_training_rows_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("folder", sorted(GRPO_SOURCES))
 def test_sources_select_the_training_files_of_their_recorded_listing(folder):
-    """Replays each pinned revision's recorded file listing: the include globs pick the training data and never a
-    test split (the benchmark's)."""
-    listing_file = HUB_LISTINGS / f"{folder}.json"
-    if not listing_file.is_file():
-        pytest.skip(f"{listing_file.name} is recorded with the benchmark listings")
-    repo, revision, include = GRPO_SOURCES[folder]
-    listing = json.loads(listing_file.read_text(encoding="utf-8"))
-    assert (listing["repo"], listing["revision"]) == (repo, revision)
-    selected = [f for f in listing["files"] if any(fnmatch(f, glob) for glob in include)]
-    expected = {"gsm8k": ["main/train-00000-of-00001.parquet"], "gsm8k_zh": ["GSM8K_zh.json"]}[folder]
-    assert selected == expected
-    assert not any("test" in name for name in selected)
+    """Each source's revision is the one its listing records, and the download globs select the training data of
+    that revision (huggingface_hub's own matcher), never a test split: those are the benchmark's."""
+    source, listing = GRPO_SOURCES[folder], hub_listing(folder)
+    assert (listing["repo"], listing["revision"]) == (source.repo, source.revision)
+    selected = hub_select(folder, list(source.include), [])
+    assert selected == {"gsm8k": ["main/train-00000-of-00001.parquet"], "gsm8k_zh": ["GSM8K_zh.json"]}[folder]
+
+
+def test_prepare_stage_grpo_downloads_pinned_files_into_the_layout_the_stage_reads(tmp_path, qwen_tokenizer):
+    """tools.download --stage grpo with an hf stand-in that serves only the recorded revisions (GSM8K's train file as
+    the bundled fixture, GSM8K_zh's JSON with a train and a test record): both folders land as GSM8K-layout parquet,
+    with their revision in MANIFEST.json, and the stage reads them."""
+    cli = tmp_path / "hf"
+    revisions = {source.repo: source.revision for source in GRPO_SOURCES.values()}
+    fixture = MINI_DATA / "bench" / "gsm8k" / "main" / "train-00000-of-00001.parquet"
+    cli.write_text(f"""#!{sys.executable}
+import json, shutil, sys
+from pathlib import Path
+args = sys.argv[1:]
+value = lambda flag: args[args.index(flag) + 1]
+repo, local = args[1], Path(value("--local-dir"))
+if value("--revision") != {revisions!r}[repo]:
+    sys.exit(f"Revision Not Found for {{repo}}")
+if repo == "openai/gsm8k":
+    (local / "main").mkdir(parents=True, exist_ok=True)
+    shutil.copy({str(fixture)!r}, local / "main" / "train-00000-of-00001.parquet")
+else:
+    local.mkdir(parents=True, exist_ok=True)
+    (local / "GSM8K_zh.json").write_text({json.dumps(RECORDS[:3], ensure_ascii=False)!r})
+""")
+    cli.chmod(0o755)
+    command = [sys.executable, "-m", "tools.download", "--stage", "grpo", "--data_dir", str(tmp_path / "data")]
+    subprocess.run([*command, "--hf", str(cli)], cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
+    grpo = tmp_path / "data" / "grpo"
+    assert sorted(p.relative_to(grpo).as_posix() for p in grpo.rglob("*.parquet")) == [
+        "gsm8k/main/train-00000-of-00001.parquet",
+        "gsm8k_zh/train-00000-of-00001.parquet",
+    ]
+    for folder, source in GRPO_SOURCES.items():
+        assert json.loads((grpo / folder / "MANIFEST.json").read_text())["revision"] == source.revision
+    problems, summary = load_problems(str(grpo), qwen_tokenizer, 256, thinking=True)
+    zh = [p for p in problems if p.question in {r["question_zh"] for r in RECORDS}]
+    assert [p.reference for p in zh] == ["72", "10"]  # the test record stayed out
+    assert summary["kept"] == len(pq.read_table(fixture)) + 2 and summary["skipped"] == {}
