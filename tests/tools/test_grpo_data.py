@@ -61,7 +61,7 @@ def test_gsm8k_zh_keeps_its_training_rows_in_gsm8k_layout(tmp_path, layout, qwen
 
 def test_gsm8k_zh_without_training_rows_is_an_error(tmp_path):
     (tmp_path / "GSM8K_zh.json").write_text(json.dumps(RECORDS[2:]), encoding="utf-8")
-    with pytest.raises(ValueError, match="no training row"):
+    with pytest.raises(ValueError, match="no train record"):
         normalize_grpo_folder(tmp_path)
 
 
