@@ -29,12 +29,13 @@ from trl import DPOConfig
 
 from utils.data.dpo import PreTokenizedDPOTrainer, as_dataset, load_preference_pairs, split_holdout
 from utils.data.parquet import DataError
-from utils.evaluation import preference_report, write_preference_report
+from utils.evaluation import heldout_preference_report, write_preference_report
 from utils.modeling import load_causal_lm
 from utils.run_info import read_run_info
 from utils.tokenizer import load_tokenizer
 from utils.train.args import parse_args
-from utils.train.stage import finish, log_batch_geometry, setup_logging, train_and_save
+from utils.train.processes import finish, release_training_memory, run_on_main
+from utils.train.stage import log_batch_geometry, setup_logging, train_and_save
 from utils.train.stage_args import StageArguments
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class DPOArguments(StageArguments):
                 f"max_prompt_length={ns.max_prompt_length} must be smaller than max_length="
                 f"{ns.max_length}: nothing of the replies would be left to train on"
             )
+        if str(getattr(ns.eval_strategy, "value", ns.eval_strategy)) != "no" and not ns.holdout:
+            raise ValueError("eval_strategy asks for evaluations but holdout is 0: no pair is held out to evaluate on")
         if ns.beta <= 0:
             raise ValueError(f"beta must be positive, got {ns.beta}")
         if ns.sft_epoch:
@@ -119,31 +122,50 @@ def main(script_args: DPOArguments, training_args: DPOConfig) -> PreTokenizedDPO
 
     model = load_causal_lm(start, script_args.attn_implementation)
     global_batch = log_batch_geometry(training_args)
+    # With eval_strategy set, TRL scores the held-out pairs during training (eval_loss, eval_rewards/accuracies ...):
+    # the held-out curve. The final report below scores them once more, against the reference.
+    evaluating = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
     trainer = PreTokenizedDPOTrainer(
-        model=model, args=training_args, train_dataset=as_dataset(train_rows), processing_class=tokenizer
+        model=model,
+        args=training_args,
+        train_dataset=as_dataset(train_rows),
+        eval_dataset=as_dataset(heldout_rows) if evaluating and heldout_rows else None,
+        processing_class=tokenizer,
     )
     train_and_save(
         trainer,
         tokenizer,
         "dpo",
         script_args,
+        seen_per_step={"pairs": global_batch},
         data_summary=summary,
         global_batch_size=global_batch,
         start_checkpoint=start,
     )
 
-    if heldout_rows and trainer.is_world_process_zero():
-        attn, device = script_args.attn_implementation, trainer.args.device
-        policy = load_causal_lm(training_args.output_dir, attn).to(device).eval()
-        reference = load_causal_lm(start, attn).to(device).eval()
-        report = preference_report(policy, reference, heldout_rows, training_args.beta, training_args.max_length)
-        write_preference_report(report, training_args.output_dir)
-        logger.info(
-            "Held-out pairs: SFT prefers chosen %.1f%%, DPO %.1f%%; mean reward margin %.4f",
-            100 * report["reference_prefers_chosen"],
-            100 * report["dpo_prefers_chosen"],
-            report["dpo_mean_reward_margin"],
+    if heldout_rows:
+        release_training_memory(trainer)
+        report = run_on_main(
+            trainer,
+            "the held-out preference report",
+            lambda: heldout_preference_report(
+                training_args.output_dir,
+                start,
+                heldout_rows,
+                training_args.beta,
+                training_args.max_length,
+                script_args.attn_implementation,
+                str(trainer.args.device),
+            ),
         )
+        if report is not None:
+            write_preference_report(report, training_args.output_dir)
+            logger.info(
+                "Held-out pairs: SFT prefers chosen %.1f%%, DPO %.1f%%; mean reward margin %.4f",
+                100 * report["reference_prefers_chosen"],
+                100 * report["dpo_prefers_chosen"],
+                report["dpo_mean_reward_margin"],
+            )
     finish(trainer)
     return trainer
 

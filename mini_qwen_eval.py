@@ -23,15 +23,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from utils.data.chat import split_reasoning
-from utils.data.parquet import DataError, find_parquet_files, read_rows
-from utils.evaluation import bench_table_markdown, distinct_n, perplexity_and_bpb, repeated_ngram_share, text_nll
+from utils.data.chat import SkipRow, conversation_to_messages, encode_chat, prompt_ids, split_reasoning
+from utils.data.parquet import DataError, find_parquet_files, heldout_fraction, read_rows
+from utils.data.sft import conversation_text
+from utils.evaluation import (
+    bench_table_markdown,
+    distinct_n,
+    labelled_nll,
+    perplexity_and_bpb,
+    repeated_ngram_share,
+    text_nll,
+)
 from utils.generation import (
     SAMPLING_KEYS,
     CollectingStreamer,
@@ -41,6 +50,7 @@ from utils.generation import (
     unescape,
 )
 from utils.modeling import load_causal_lm
+from utils.run_info import trained_length
 from utils.tokenizer import load_tokenizer
 from utils.train.args import parse_args
 from utils.train.hardware import (
@@ -70,7 +80,22 @@ class EvalArguments:
     eval_data: str | None = field(
         default=None, metadata={"help": "Held-out text (parquet dir/file with a text column, .jsonl or .txt)."}
     )
-    eval_max_tokens: int = field(default=20000, metadata={"help": "Tokens of eval_data scored per checkpoint."})
+    eval_chat_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out conversations (Infinity-Instruct parquet): chat checkpoints are scored per assistant "
+            "token through their own chat template."
+        },
+    )
+    eval_holdout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Score only what this share holds out of eval_data and eval_chat_data: the holdout of the "
+            "training recipes (chosen by the same hash of each document or conversation). 0: the files are held out "
+            "already."
+        },
+    )
+    eval_max_tokens: int = field(default=20000, metadata={"help": "Tokens scored per checkpoint and data set."})
     block_size: int = field(default=512, metadata={"help": "Context length for perplexity."})
     output_dir: str = field(default="results/eval", metadata={"help": "Where batch results are written."})
     system_prompt: str | None = field(default=None, metadata={"help": "System prompt for chat mode."})
@@ -152,6 +177,8 @@ def _jsonl_strings(file: Path, key: str) -> list[str]:
 def read_prompts(path: str) -> list[str]:
     """``.jsonl`` rows with a ``prompt`` field, or a text file with one prompt per line (``\\n`` escapes)."""
     file = Path(path)
+    if file.is_dir():
+        raise DataError(f"--prompts {file} is a folder: give a .jsonl file (a 'prompt' per line) or a .txt file")
     if not file.is_file():
         raise DataError(f"prompts file not found: {file}")
     if file.suffix == ".jsonl":
@@ -163,8 +190,9 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def read_eval_texts(path: str) -> list[str]:
-    """Held-out documents: a .txt file (one document), a .jsonl file with ``text``, or parquet with ``text``."""
+def read_eval_texts(path: str, holdout: float = 0.0) -> list[str]:
+    """Held-out documents: a .txt file (one document), a .jsonl file with ``text``, or parquet with ``text``; with a
+    ``holdout`` share, only the documents training left out under it (``heldout_fraction``)."""
     file = Path(path)
     if file.suffix == ".txt":
         texts = ["\n".join(line for _, line in _lines(file))]
@@ -176,10 +204,30 @@ def read_eval_texts(path: str) -> list[str]:
             for _, _, r in read_rows(find_parquet_files(path), ["text"])
             if r is not None and isinstance(r["text"], str)
         ]
-    texts = [t for t in texts if t.strip()]
+    texts = [t for t in texts if t.strip() and (not holdout or heldout_fraction(t) < holdout)]
     if not texts:
-        raise DataError(f"{path}: no text to score")
+        raise DataError(f"{path}: no text to score" + (f" among the {holdout:.0%} held out" if holdout else ""))
     return texts
+
+
+def read_heldout_conversations(path: str, holdout: float = 0.0) -> list[list[dict]]:
+    """Conversations of Infinity-Instruct parquet files as chat messages, only the held-out ones with a share (the
+    rule SFT's ``holdout`` leaves them out by); rows SFT would skip are skipped here too."""
+    conversations = []
+    for _, _, record in read_rows(find_parquet_files(path), ["conversations"]):
+        if record is None or not isinstance(record.get("conversations"), list):
+            continue
+        if holdout and heldout_fraction(conversation_text(record["conversations"])) >= holdout:
+            continue
+        try:
+            conversations.append(conversation_to_messages(record["conversations"]))
+        except SkipRow:
+            continue
+    if not conversations:
+        raise DataError(
+            f"{path}: no conversation to score" + (f" among the {holdout:.0%} held out" if holdout else "")
+        )
+    return conversations
 
 
 def perplexity(model, tokenizer, texts: list[str], max_tokens: int, block_size: int) -> dict:
@@ -201,16 +249,58 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int, block_size: 
     return {"perplexity": ppl if count else None, "bits_per_byte": bpb if count else None, "scored_tokens": count}
 
 
+def chat_perplexity(model, tokenizer, conversations: list[list[dict]], max_tokens: int, block_size: int) -> dict:
+    """Perplexity per assistant token (the tokens SFT supervises: each reply and its end of turn) of conversations
+    rendered by the checkpoint's own chat template, each cut at a turn boundary to ``block_size``."""
+    nll, count, used = 0.0, 0, 0
+    for messages in conversations:
+        if used >= max_tokens:
+            break
+        try:
+            encoded = encode_chat(tokenizer, messages, block_size)
+        except SkipRow:
+            continue
+        chat_nll, chat_count = labelled_nll(model, encoded.input_ids, encoded.labels)
+        nll, count, used = nll + chat_nll, count + chat_count, used + len(encoded.input_ids)
+    return {"chat_perplexity": math.exp(nll / count) if count else None, "chat_scored_tokens": count}
+
+
+def metric_definitions(args: EvalArguments, documents: int, conversations: int) -> dict[str, str]:
+    """What each metric of metrics.json and report.md was measured on, and which way is better."""
+    held = f"held out by the training recipes' {args.eval_holdout:.0%} share" if args.eval_holdout else "as given"
+    raw = f"{documents} documents of {args.eval_data} ({held}), raw text"
+    chat = f"{conversations} conversations of {args.eval_chat_data} ({held}), chat checkpoints only"
+    answers = f"the answers to the {args.prompts} prompts (at most {args.max_new_tokens} new tokens)"
+    return {
+        "perplexity": f"per token on {raw}; lower is better",
+        "bits_per_byte": f"on {raw}, comparable across tokenizers; lower is better",
+        "scored_tokens": f"tokens scored for perplexity ({raw})",
+        "chat_perplexity": f"per assistant token (replies and their end of turn) on {chat}, in the checkpoint's own "
+        "chat template; lower is better",
+        "chat_scored_tokens": f"assistant tokens scored ({chat})",
+        "ended_with_eos": f"share of {answers} that ended at the end-of-turn token; higher is better for chat models",
+        "mean_new_tokens": f"mean length in tokens of {answers}",
+        "repeated_4gram_share": f"share of 4-grams in each of {answers} seen earlier in it; lower is better",
+        "distinct_2": f"distinct 2-grams / all 2-grams in each of {answers}; higher is better",
+        "decoding": "greedy, or sampling with the settings of the column",
+    }
+
+
 def batch(args: EvalArguments) -> list[dict]:
     """Every prompt through every checkpoint and decoding -> generations.jsonl, report.md, metrics.json."""
     prompts = read_prompts(args.prompts)
-    texts = read_eval_texts(args.eval_data) if args.eval_data else None
+    texts = read_eval_texts(args.eval_data, args.eval_holdout) if args.eval_data else None
+    conversations = read_heldout_conversations(args.eval_chat_data, args.eval_holdout) if args.eval_chat_data else None
     out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--output_dir {out} is a file: give a folder for generations.jsonl, report.md, metrics.json")
     out.mkdir(parents=True, exist_ok=True)
     rows, metrics, columns = [], {}, []
     for path in args.model_name_or_path:
         model, tokenizer, chat = load(path, args)
         scores = perplexity(model, tokenizer, texts, args.eval_max_tokens, args.block_size) if texts else {}
+        if conversations and chat:
+            scores.update(chat_perplexity(model, tokenizer, conversations, args.eval_max_tokens, args.block_size))
         for decoding in args.decoding:
             label = Path(path).name or path
             label = f"{label} ({decoding})" if len(args.decoding) > 1 else label
@@ -221,8 +311,9 @@ def batch(args: EvalArguments) -> list[dict]:
                 overrides["do_sample"] = decoding == "sample"
             config = build_generation_config(model, **overrides)
             torch.manual_seed(args.seed)
+            trained = trained_length(path)
             mine = [
-                _answer(model, tokenizer, chat, prompt, config, args.system_prompt, args.enable_thinking)
+                _answer(model, tokenizer, chat, prompt, config, args.system_prompt, trained, args.enable_thinking)
                 for prompt in prompts
             ]
             for row in mine:
@@ -239,12 +330,31 @@ def batch(args: EvalArguments) -> list[dict]:
     with open(out / "generations.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    report = render_report(prompts, rows, metrics, columns)
+    about = metric_definitions(args, len(texts or []), len(conversations or []))
+    report = render_report(prompts, rows, metrics, columns, about)
     if args.bench:
         report += "\n# Benchmarks\n\n" + bench_table_markdown(args.bench)
     (out / "report.md").write_text(report, encoding="utf-8")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    # One entry per column, and "_about": what each metric was measured on and which way is better.
+    (out / "metrics.json").write_text(json.dumps({**metrics, "_about": about}, indent=2, allow_nan=False))
     return rows
+
+
+def warn_if_longer_than_trained(tokenizer, query, trained: tuple[int | None, str]) -> None:
+    """A prompt longer than anything the checkpoint was trained on is answered, but from positions it never learned:
+    say so rather than let a poor answer pass for the model's quality."""
+    limit, source = trained
+    if limit is None:
+        return
+    ids = prompt_ids(tokenizer, query) if isinstance(query, list) else tokenizer(query)["input_ids"]
+    if len(ids) > limit:
+        logger.warning(
+            "The prompt has %d tokens, more than the %d this checkpoint was trained on (%s): the answer "
+            "comes from positions it never learned",
+            len(ids),
+            limit,
+            source,
+        )
 
 
 def reply_parts(text: str, thinking: bool) -> dict:
@@ -256,10 +366,13 @@ def reply_parts(text: str, thinking: bool) -> dict:
     return {"content": (answer or "").strip(), "reasoning_content": reasoning.strip()}
 
 
-def _answer(model, tokenizer, chat: bool, prompt: str, config, system_prompt: str | None, thinking: bool) -> dict:
+def _answer(
+    model, tokenizer, chat: bool, prompt: str, config, system_prompt: str | None, trained=(None, ""), thinking=False
+) -> dict:
     query = [{"role": "user", "content": prompt}] if chat else prompt
     if chat and system_prompt:
         query.insert(0, {"role": "system", "content": system_prompt})
+    warn_if_longer_than_trained(tokenizer, query, trained)
     result = generate(model, tokenizer, query, config, thinking=thinking and chat)
     reply = reply_parts(result.text, thinking and chat)
     return {
@@ -279,17 +392,19 @@ def _cell(text: str, limit: int = 300) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
 
-def render_report(prompts: list[str], rows: list[dict], metrics: dict, columns: list[str]) -> str:
+def render_report(prompts: list[str], rows: list[dict], metrics: dict, columns: list[str], about: dict) -> str:
     lines = ["# Side-by-side generations", "", "| prompt | " + " | ".join(columns) + " |"]
     lines.append("|---" * (len(columns) + 1) + "|")
     for prompt in prompts:
         cells = [_cell(next(r["output"] for r in rows if r["column"] == c and r["prompt"] == prompt)) for c in columns]
         lines.append(f"| {_cell(prompt, 80)} | " + " | ".join(cells) + " |")
-    keys = sorted({k for m in metrics.values() for k in m})
-    lines += ["", "# Metrics", "", "| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    keys = [key for key in about if any(key in m for m in metrics.values())]
+    lines += ["", "# Metrics", "", "| metric | " + " | ".join(columns) + " | measured on, and which way is better |"]
+    lines.append("|---" * (len(columns) + 2) + "|")
     for key in keys:
-        values = [metrics[c].get(key, "") for c in columns]
-        lines.append(f"| {key} | " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values) + " |")
+        values = [metrics[c].get(key) for c in columns]
+        shown = ["—" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in values]
+        lines.append(f"| {key} | " + " | ".join(shown) + f" | {about[key]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -300,6 +415,7 @@ def chat_loop(args: EvalArguments, stdin=None) -> None:
     """Interactive session on one checkpoint, reading lines from ``stdin``."""
     stdin = stdin or sys.stdin
     model, tokenizer, chat = load(args.model_name_or_path[0], args)
+    trained = trained_length(args.model_name_or_path[0])
     sampling = args.sampling()
     system, history = args.system_prompt, []
     print(f"mini_qwen {'chat' if chat else 'raw continuation'} with {args.model_name_or_path[0]}. {HELP}", flush=True)
@@ -337,6 +453,7 @@ def chat_loop(args: EvalArguments, stdin=None) -> None:
         config = build_generation_config(model, **sampling)
         messages = ([{"role": "system", "content": system}] if system else []) + history
         messages = messages + [{"role": "user", "content": text}]
+        warn_if_longer_than_trained(tokenizer, messages if chat else text, trained)
         thinking = args.enable_thinking and chat
         try:
             generate(model, tokenizer, messages if chat else text, config, streamer=streamer, thinking=thinking)
@@ -387,9 +504,12 @@ def _set_sampling(sampling: dict, assignment: str) -> str:
 
 def main(args: EvalArguments) -> list[dict] | None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.prompts:
-        return batch(args)
-    chat_loop(args)
+    try:
+        if args.prompts:
+            return batch(args)
+        chat_loop(args)
+    except (DataError, FileNotFoundError) as err:  # bad input, named: one line, not a traceback
+        raise SystemExit(f"error: {err}") from None
     return None
 
 

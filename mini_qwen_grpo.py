@@ -20,9 +20,10 @@ stating a number; ``utils/rewards.py``), and TRL's ``GRPOTrainer`` pushes up the
 mean. No reward model and, with ``beta`` 0, no reference model. Rollouts use transformers' generate, or vLLM where
 ``use_vllm`` is set and vLLM is installed on a CUDA GPU (otherwise one log line says so).
 
-Logged and plotted (``training_curves.png``): the reward and each part of it, the reply length, and the share of
-replies cut at ``max_completion_length`` (``completions/clipped_ratio``; the share that ended is 1 minus it). A share
-of the problems (``holdout``) is never trained on: at the end the start checkpoint and the trained model answer them
+Logged and plotted (``reward_curves.png``, beside the loss in ``training_curves.png``): the reward and each part of
+it, the reply length, and the share of replies that ended at an end-of-turn token (``completions/ended_ratio``; TRL
+logs the complement, ``completions/clipped_ratio``, the share cut at ``max_completion_length``). A share of the
+problems (``holdout``) is never trained on: at the end the start checkpoint and the trained model answer them
 greedily, and ``grpo_report.json`` / ``.md`` in the output dir say how many each got right and well formed.
 """
 
@@ -31,17 +32,19 @@ from __future__ import annotations
 import logging
 from argparse import Namespace
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from utils.data.chat import template_switches
 from utils.data.dpo import split_holdout
 from utils.data.parquet import DataError
 from utils.data.problems import as_dataset, load_problems
-from utils.evaluation import problem_scores, write_problem_report
 from utils.generation import build_generation_config, default_generation_config, end_of_turn_ids, generate_batch
 from utils.modeling import load_causal_lm
-from utils.rewards import reward_functions
+from utils.plotting import plot_loss
+from utils.rewards import problem_scores, reward_functions, write_problem_report
 from utils.run_info import read_run_info
 from utils.tokenizer import THINKING_SWITCH, load_tokenizer
 from utils.train.args import parse_args
@@ -52,6 +55,15 @@ logger = logging.getLogger(__name__)
 
 # How many held-out replies grpo_report.md shows.
 REPORT_EXAMPLES = 4
+ENDED = "completions/ended_ratio"
+# The curves of reward_curves.png: the reward, its parts, the reply length and the share of replies that ended.
+REWARD_CURVES = (
+    "reward",
+    "rewards/correctness_reward/mean",
+    "rewards/format_reward/mean",
+    "completions/mean_length",
+    ENDED,
+)
 
 
 @dataclass
@@ -98,6 +110,17 @@ class GRPOArguments(StageArguments):
             )
         # The trainer renders every prompt with these (before the arguments are built, so the run record has them).
         ns.chat_template_kwargs = {THINKING_SWITCH: True} if ns.enable_thinking else None
+
+
+class EndedShareCallback(TrainerCallback):
+    """Records ``completions/ended_ratio``, the share of replies that ended (1 - TRL's ``clipped_ratio``), as its own
+    log-history entry: the Trainer has copied ``logs`` into the history when callbacks see them, and an entry of its
+    own reaches trainer_state.json and the curves."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        clipped = (logs or {}).get("completions/clipped_ratio")
+        if clipped is not None:
+            state.log_history.append({ENDED: round(1 - clipped, 4), "step": state.global_step})
 
 
 def heldout_report(script_args: GRPOArguments, training_args: GRPOConfig, tokenizer, heldout, device) -> dict:
@@ -152,6 +175,7 @@ def main(script_args: GRPOArguments, training_args: GRPOConfig) -> GRPOTrainer:
         args=training_args,
         train_dataset=as_dataset(train),
         processing_class=tokenizer,
+        callbacks=[EndedShareCallback()],
     )
     train_and_save(
         trainer,
@@ -162,6 +186,11 @@ def main(script_args: GRPOArguments, training_args: GRPOConfig) -> GRPOTrainer:
         global_batch_size=global_batch,
         start_checkpoint=start,
     )
+    if trainer.is_world_process_zero():
+        try:
+            plot_loss(training_args.output_dir, REWARD_CURVES, Path(training_args.output_dir) / "reward_curves.png")
+        except ValueError as err:  # a run too short to log a rollout
+            logger.warning("No reward curves plotted: %s", err)
     if heldout and trainer.is_world_process_zero():
         report = heldout_report(script_args, training_args, tokenizer, heldout, trainer.args.device)
         write_problem_report(report, training_args.output_dir)

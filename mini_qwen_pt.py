@@ -26,18 +26,20 @@ import os
 from argparse import Namespace
 from dataclasses import dataclass, field
 
+from torch.utils.data import Subset
 from transformers import Trainer, TrainingArguments, set_seed
 
 from utils.data.collate import LAYOUT_HELP, LAYOUTS, PackedCollator
-from utils.data.parquet import find_parquet_files
+from utils.data.parquet import DataError, find_parquet_files
 from utils.data.pt import pt_dataset
 from utils.data.token_cache import build_token_cache
 from utils.modeling import ModelShapeArguments, build_model, check_block_size
 from utils.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 from utils.train.args import parse_args
 from utils.train.callbacks import RealTokenShareCallback
-from utils.train.stage import FusedLMHeadTrainer, finish, log_batch_geometry, setup_logging, train_and_save
-from utils.train.stage_args import StageArguments
+from utils.train.processes import finish
+from utils.train.stage import FusedLMHeadTrainer, log_batch_geometry, setup_logging, train_and_save
+from utils.train.stage_args import StageArguments, check_holdout
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +74,40 @@ class PTArguments(ModelShapeArguments, StageArguments):
     num_proc: int = field(
         default=min(8, os.cpu_count() or 1), metadata={"help": "Processes that tokenize files in parallel."}
     )
+    holdout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of documents never trained on (chosen by a hash of their text, so eval and reruns agree); "
+            "their loss is logged at every eval_steps as eval_loss, the held-out curve. 0: none."
+        },
+    )
+    eval_max_blocks: int = field(
+        default=256, metadata={"help": "Held-out blocks scored at each evaluation (the first ones, always the same)."}
+    )
 
     @classmethod
     def validate(cls, ns: Namespace) -> None:
         shape = ModelShapeArguments(**{k: getattr(ns, k) for k in ModelShapeArguments.__dataclass_fields__})
         check_block_size(shape, ns.block_size)
+        check_holdout(ns)
+
+
+def heldout_blocks(heldout_cache, script_args: PTArguments):
+    """The first ``eval_max_blocks`` examples of the held-out documents, in the training layout."""
+    if len(heldout_cache.tokens) < script_args.block_size:
+        raise DataError(
+            f"holdout={script_args.holdout} leaves {len(heldout_cache.tokens)} held-out tokens under "
+            f"{script_args.data_dir}: fewer than one block of {script_args.block_size}; raise holdout"
+        )
+    blocks = pt_dataset(heldout_cache, script_args.block_size, script_args.layout)
+    kept = min(len(blocks), script_args.eval_max_blocks)
+    logger.info(
+        "Held-out curve: %d blocks of %d tokens from %s held-out documents",
+        kept,
+        script_args.block_size,
+        f"{len(heldout_cache.doc_starts):,}",
+    )
+    return Subset(blocks, range(kept))
 
 
 def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
@@ -95,8 +126,10 @@ def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
             script_args.tokenizer_name_or_path,
             script_args.cache_dir,
             script_args.num_proc,
+            script_args.holdout,
         )
     dataset = pt_dataset(cache, script_args.block_size, script_args.layout, script_args.data_fraction)
+    heldout = heldout_blocks(cache.heldout(), script_args) if script_args.holdout else None
     logger.info(
         "Layout %s: %d examples of up to %d tokens (data_fraction %s); %d tokens are not used",
         script_args.layout,
@@ -128,11 +161,20 @@ def main(script_args: PTArguments, training_args: TrainingArguments) -> Trainer:
         model=model,
         args=training_args,
         train_dataset=dataset,
+        eval_dataset=heldout,
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=[RealTokenShareCallback(collator)],
     )
-    train_and_save(trainer, tokenizer, "pt", script_args, data_summary=cache.meta, global_batch_size=global_batch)
+    train_and_save(
+        trainer,
+        tokenizer,
+        "pt",
+        script_args,
+        seen_per_step={"tokens": global_batch * script_args.block_size},
+        data_summary=cache.meta,
+        global_batch_size=global_batch,
+    )
     finish(trainer)
     return trainer
 

@@ -37,8 +37,9 @@ from utils.run_info import record_in_run_info
 from utils.tokenizer import load_tokenizer
 from utils.train.args import parse_args
 from utils.train.callbacks import RealTokenShareCallback
-from utils.train.stage import finish, log_batch_geometry, setup_logging, train_and_save
-from utils.train.stage_args import StageArguments
+from utils.train.processes import finish
+from utils.train.stage import log_batch_geometry, setup_logging, train_and_save
+from utils.train.stage_args import StageArguments, check_holdout
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +58,20 @@ class SFTArguments(StageArguments):
         default=None,
         metadata={
             "help": "Math problems with worked solutions (question, answer ending in '#### N': GSM8K's layout, "
-            "mini_data/grpo/train) to mix in as conversations that reason in a think block before answering "
+            "mini_data/grpo/sft) to mix in as conversations that reason in a think block before answering "
             "(the chat template's thinking switch on). Where a model learns the layout that GRPO rewards; off by "
             "default."
         },
     )
     layout: str = field(default="isolated", metadata={"help": LAYOUT_HELP, "choices": list(LAYOUTS)})
     cache_dir: str = field(default="cache/sft", metadata={"help": "Where tokenized conversations are cached."})
+    holdout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of conversations never trained on (chosen by a hash of their text, so eval and reruns "
+            "agree); their loss is logged at every eval_steps as eval_loss, the held-out curve. 0: none."
+        },
+    )
 
     # Rows are already tokenized, labelled and packed: TRL's own preparation would only redo it.
     TRAINING_OVERRIDES: ClassVar[dict] = {
@@ -76,6 +84,7 @@ class SFTArguments(StageArguments):
 
     @classmethod
     def validate(cls, ns: Namespace) -> None:
+        check_holdout(ns)
         if ns.packing or ns.padding_free:
             raise ValueError(f"use --layout ({', '.join(LAYOUTS)}); TRL's packing/padding_free flags are managed here")
 
@@ -91,11 +100,21 @@ class EpochCheckpointCallback(TrainerCallback):
         record_in_run_info(args.output_dir, "epoch_checkpoints", str(epoch), checkpoint)
 
 
+def lay_out(dataset, layout: str, training_args: SFTConfig):
+    """Conversations in the rows of ``layout``: packed best-fit-decreasing into rows of at most max_length, none cut
+    (shuffled first, so that a row mixes conversations from every file), or one per row."""
+    if layout == "one_per_row":
+        return dataset
+    packed = pack_dataset(dataset.shuffle(seed=training_args.seed), training_args.max_length, "bfd")
+    # Without the lengths the collator sees one sequence per row: conversations attend to earlier ones.
+    return packed.remove_columns("seq_lengths") if layout == "cross_document" else packed
+
+
 def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
     setup_logging(training_args, script_args.settled_notes)
     tokenizer = load_tokenizer(script_args.model_name_or_path)
     with training_args.main_process_first(desc="tokenize conversations"):
-        dataset, summary = load_sft_dataset(
+        dataset, heldout, summary = load_sft_dataset(
             script_args.data_dir,
             script_args.model_name_or_path,
             training_args.max_length,
@@ -103,23 +122,24 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
             training_args.dataset_num_proc or 1,
             script_args.cache_dir,
             tokenizer,
+            script_args.holdout,
             script_args.reasoning_data_dir,
         )
     if len(dataset) == 0:
         raise DataError(f"No usable conversation under {script_args.data_dir}: skipped {summary['skipped']}")
-    if script_args.layout != "one_per_row":
-        # Best-fit-decreasing: whole conversations into rows of at most max_length, none cut. Shuffled
-        # first so that a row mixes conversations from every file.
-        dataset = pack_dataset(dataset.shuffle(seed=training_args.seed), training_args.max_length, "bfd")
-        if script_args.layout == "cross_document":
-            # Without the lengths the collator sees one sequence per row: conversations attend to earlier ones.
-            dataset = dataset.remove_columns("seq_lengths")
-        logger.info(
-            "Packed %d conversations into %d rows of at most %d tokens",
-            summary["kept"],
-            len(dataset),
-            training_args.max_length,
-        )
+    conversations = len(dataset)
+    dataset = lay_out(dataset, script_args.layout, training_args)
+    logger.info(
+        "Layout %s: %d conversations to train on in %d rows of at most %d tokens",
+        script_args.layout,
+        conversations,
+        len(dataset),
+        training_args.max_length,
+    )
+    if heldout is not None:
+        if len(heldout) == 0:
+            raise DataError(f"holdout={script_args.holdout} holds out no conversation of {script_args.data_dir}")
+        heldout = lay_out(heldout, script_args.layout, training_args)
     summary["rows_per_epoch"] = len(dataset)
 
     model = load_causal_lm(script_args.model_name_or_path, script_args.attn_implementation)
@@ -133,11 +153,21 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
         model=model,
         args=training_args,
         train_dataset=dataset,
+        eval_dataset=heldout,
         processing_class=tokenizer,
         data_collator=collator,
         callbacks=[RealTokenShareCallback(collator), EpochCheckpointCallback()],
     )
-    train_and_save(trainer, tokenizer, "sft", script_args, data_summary=summary, global_batch_size=global_batch)
+    tokens_per_step = global_batch * summary["tokens"] / max(summary["rows_per_epoch"], 1)  # an average packed row
+    train_and_save(
+        trainer,
+        tokenizer,
+        "sft",
+        script_args,
+        seen_per_step={"tokens": tokens_per_step},
+        data_summary=summary,
+        global_batch_size=global_batch,
+    )
     finish(trainer)
     return trainer
 

@@ -20,16 +20,15 @@
 # The PT subset (which folders, which capped to their first files) is data: configs/data/industrycorpus2.yaml.
 # Each downloaded folder gets a MANIFEST.json (files and bytes); a folder that stays empty is an error. A failed
 # folder does not stop the others: the run ends with what arrived and what did not, and exits 1 if anything is missing.
-# Variables: MODELSCOPE (the CLI, default `modelscope`), HF (the Hugging Face CLI, default .venv/bin/hf or hf),
-#   PYTHON (default .venv/bin/python or python3), PREPARE_CHECK_ONLINE=0 to skip the network checks.
+# It runs in the project's environment, made on first use as run.sh makes it (VENV, default .venv): its python, and
+# the modelscope and hf command lines installed there.
+# Variables: VENV, MODELSCOPE / HF / PYTHON (other command lines than the environment's), PREPARE_CHECK_ONLINE=0 to
+#   skip the network checks.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
-MODELSCOPE=${MODELSCOPE:-modelscope}
-HF=${HF:-$([ -x .venv/bin/hf ] && echo .venv/bin/hf || echo hf)}
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 DATA_DIR=data
 STAGES=()
 DOMAINS=()
@@ -56,6 +55,13 @@ for stage in "${STAGES[@]}"; do
   esac
 done
 
+# The project's environment (silent and instant once made), then its own command lines.
+bash run.sh setup
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-$VENV/bin/python}
+MODELSCOPE=${MODELSCOPE:-$VENV/bin/modelscope}
+HF=${HF:-$VENV/bin/hf}
+
 reachable() {  # reachable <host>: fail fast, with the reason, when a download host cannot be reached
   [ "${PREPARE_CHECK_ONLINE:-1}" = 1 ] || return 0
   "$PYTHON" -c "import socket, sys; socket.create_connection((sys.argv[1], 443), timeout=10)" "$1" 2>/dev/null && return 0
@@ -69,11 +75,11 @@ for stage in "${DOWNLOADS[@]}"; do
 done
 if [ "$needs_modelscope" = 1 ]; then
   reachable www.modelscope.cn
-  command -v "$MODELSCOPE" >/dev/null || { echo "prepare.sh: '$MODELSCOPE' not found: pip install modelscope" >&2; exit 1; }
+  command -v "$MODELSCOPE" >/dev/null || { echo "prepare.sh: '$MODELSCOPE' not found (requirements.txt installs it)" >&2; exit 1; }
 fi
 if [ "$needs_hf" = 1 ]; then
   reachable "$("$PYTHON" -c "import os, urllib.parse as u; print(u.urlparse(os.environ.get('HF_ENDPOINT', 'https://huggingface.co')).hostname)")"
-  command -v "$HF" >/dev/null || { echo "prepare.sh: '$HF' not found: pip install huggingface_hub" >&2; exit 1; }
+  command -v "$HF" >/dev/null || { echo "prepare.sh: '$HF' not found (requirements.txt installs huggingface_hub)" >&2; exit 1; }
 fi
 
 args=(--data_dir "$DATA_DIR" --modelscope "$MODELSCOPE" --hf "$HF")

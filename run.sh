@@ -2,19 +2,26 @@
 # mini_qwen: one entry point for people.
 #
 #   bash run.sh demo                 # whole demo on the bundled data: PT -> SFT -> DPO -> answers (CPU is fine)
-#   bash run.sh demo --with_grpo     # the same, its SFT with worked solutions, then GRPO with a thinking model
-#   bash run.sh demo --recipes t4    # the same chain with the full 1B shape at seq 128 on a 16 GB GPU (T4 class)
+#   bash run.sh demo --recipes cpu   # the tiny recipes even on a GPU (default: t4, the 1B shape at seq 128, on a
+#                                    # CUDA GPU with 14 GiB free and bitsandbytes; cpu elsewhere)
+#   bash run.sh demo --with_grpo     # the tiny chain, its SFT with worked solutions, then GRPO with a thinking model
 #   bash run.sh test                 # the test suite (what CI runs)
+#   bash run.sh plan [pt|sft|dpo|all] [--num_gpus N] [--gpu h100|h800|a100|4090|t4|...] [recipe flags]
+#                                    # what a run needs before it starts: data, steps, disk, GPU memory, time
+#   bash run.sh gpu-check            # the first thing on a new GPU machine: precision, attention, tokens/s, MFU,
+#                                    # peak memory per stage, measured (benchmarks/gpu_check.sh)
 #   bash run.sh pt  [flags...]       # full-recipe pretraining   (configs/pt_full.yaml  + your flags)
 #   bash run.sh sft [flags...]       # full-recipe SFT            (configs/sft_full.yaml + your flags)
 #   bash run.sh dpo [flags...]       # full-recipe DPO            (configs/dpo_full.yaml + your flags)
 #   bash run.sh grpo [flags...]      # full-recipe GRPO on math problems (configs/grpo_full.yaml + your flags)
 #   bash run.sh eval [flags...]      # chat with / compare checkpoints (mini_qwen_eval.py flags)
+#   bash run.sh curate [flags...]    # clean, dedup, decontaminate PT data (configs/curate_pt.yaml; CONFIG= sft/dpo)
 #   bash run.sh bench [flags...]     # C-Eval, CMMLU, MMLU, ARC, HellaSwag (+ --tasks gsm8k) via lm-evaluation-harness
 #   bash run.sh experiment NAME      # one of upstream's studies: packing, bilingual, scaling, sft_epochs, dpo_lr
 #   bash run.sh serve [flags...]     # an OpenAI-compatible server for a checkpoint (--model_name_or_path results/dpo)
 #   bash run.sh web [flags...]       # that server plus a chat page in the browser
 #   bash run.sh export --gguf DIR    # GGUF files (f16, q8_0) and an Ollama Modelfile, for llama.cpp / Ollama
+#   bash run.sh plot RUN... [--x tokens] [--reference upstream_pt]   # training curves (tools/plot.py)
 #   bash run.sh setup                # only create .venv and install what is missing
 #   bash run.sh -h                   # this help
 #
@@ -23,7 +30,7 @@
 #   ACCELERATE_CONFIG=accelerate_config.yaml   (see configs/accelerate/ for ZeRO-3, offload, multi-node)
 #   NUM_MACHINES=1 MACHINE_RANK=0 MAIN_PROCESS_IP=... MAIN_PROCESS_PORT=29500   multi-node settings
 #   BACKGROUND=1        run pt/sft/dpo/grpo with nohup, logging to $LOG_DIR/<stage>.log (LOG_DIR=logs)
-#   CONFIG=path.yaml    a different recipe for pt/sft/dpo/grpo
+#   CONFIG=path.yaml    a different recipe for pt/sft/dpo/grpo/curate
 #   VENV=.venv          the virtual environment to create/use; PYTHON=python3 the interpreter that makes it
 #   TORCH_SPEC="torch==2.13.0"   how torch is installed if missing (e.g. a CUDA build on GPU machines)
 #
@@ -45,7 +52,7 @@ NUM_GPUS=${NUM_GPUS:-1}
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-accelerate_config.yaml}
 LOG_DIR=${LOG_DIR:-logs}
 
-install() {  # install <requirements file>: once per version of the file
+install() {  # install <requirements file>: once per version of the file; the stamp only after pip succeeded
   local file=$1 stamp="$VENV/.mini_qwen_$(basename "$1" .txt)"
   if [ ! -f "$stamp" ] || ! cmp -s "$file" "$stamp"; then
     echo "[run.sh] installing $file"
@@ -54,26 +61,32 @@ install() {  # install <requirements file>: once per version of the file
   fi
 }
 
-setup() {
+setup() {  # silent and instant when everything is there; each step is checked on its own, so a stopped setup heals
   if [ ! -x "$VENV/bin/python" ]; then
     echo "[run.sh] creating virtual environment $VENV"
     "$PYTHON" -m venv "$VENV"
   fi
   local py="$VENV/bin/python"
-  if ! "$py" -c "import torch" 2>/dev/null; then
-    echo "[run.sh] installing $TORCH_SPEC"
-    "$py" -m pip install -q "$TORCH_SPEC"
+  if [ ! -f "$VENV/.mini_qwen_torch" ]; then
+    if ! "$py" -c "import torch" 2>/dev/null; then
+      echo "[run.sh] installing $TORCH_SPEC"
+      "$py" -m pip install -q "$TORCH_SPEC"
+    fi
+    touch "$VENV/.mini_qwen_torch"
   fi
-  if [ ! -f "$VENV/.mini_qwen_requirements" ] || ! cmp -s requirements.txt "$VENV/.mini_qwen_requirements"; then
-    # dashscope only ships the Qwen BPE ranks we read; --no-deps skips its web-client dependencies.
-    install requirements.txt && "$py" -m pip install -q --no-deps dashscope==2.0.2
-  fi
-  # The exact Qwen2.5 tokenizer, built offline unless prepare.sh already downloaded it.
-  "$py" -m tools.make_tokenizer --output_dir models/Qwen2.5-0.5B-Instruct
+  install requirements.txt
+  # The Qwen BPE ranks (one file of dashscope's wheel, checked by sha256) and, from them, the exact Qwen2.5
+  # tokenizer, offline, unless prepare.sh already downloaded its files.
+  [ -f "$VENV/share/mini_qwen/qwen.tiktoken" ] || "$py" -m tools.make_tokenizer --fetch_ranks
+  [ -f models/Qwen2.5-0.5B-Instruct/tokenizer.json ] || "$py" -m tools.make_tokenizer --output_dir models/Qwen2.5-0.5B-Instruct
+  # On a machine with an NVIDIA GPU: the levers that install as wheels (8-bit Adam, which the small-GPU recipes
+  # need, and Liger's kernels). flash-attn compiles for long and is left to the user (requirements/flash_attn.txt).
+  if nvidia-smi -L >/dev/null 2>&1; then install requirements/gpu.txt; fi
 }
 
 setup_tests() {  # everything the tests exercise: serving, export (with the transformers 4.x check), benchmarks
   setup && install requirements/serve.txt && install requirements/export.txt && install requirements/bench.txt
+  install requirements/curate.txt
   "$VENV/bin/python" -m tools.compat --install_transformers4
   "$VENV/bin/python" -m tools.export --install_converter
 }
@@ -115,11 +128,16 @@ case "$mode" in
   dpo) setup && launch mini_qwen_dpo.py configs/dpo_full.yaml "$@" ;;
   grpo) setup && launch mini_qwen_grpo.py configs/grpo_full.yaml "$@" ;;
   eval) setup && "$VENV/bin/python" mini_qwen_eval.py "$@" ;;
+  curate) setup && install requirements/curate.txt &&
+    "$VENV/bin/python" -m tools.curate --config "${CONFIG:-configs/curate_pt.yaml}" "$@" ;;
   bench) setup && install requirements/bench.txt && offline "$VENV/bin/python" -m tools.bench "$@" ;;
   experiment) setup && "$VENV/bin/python" -m experiments "$@" ;;
   serve) setup && install requirements/serve.txt && offline "$VENV/bin/python" -m tools.serve "$@" ;;
   web) setup && install requirements/serve.txt && offline "$VENV/bin/python" -m tools.chat_launcher "$@" ;;
   export) setup && install requirements/export.txt && "$VENV/bin/python" -m tools.export "$@" ;;
+  plot) setup && "$VENV/bin/python" -m tools.plot "$@" ;;
+  plan) setup && "$VENV/bin/python" -m tools.plan "$@" ;;
+  gpu-check) setup && PYTHON="$VENV/bin/python" bash benchmarks/gpu_check.sh "$@" ;;
   *)
     echo "unknown mode: $mode" >&2
     usage >&2

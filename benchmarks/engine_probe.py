@@ -30,7 +30,7 @@ from utils.data.collate import PackedCollator  # noqa: E402
 from utils.modeling import ModelShapeArguments, build_model  # noqa: E402
 from utils.train.args import parse_args  # noqa: E402
 from utils.train.hardware import Hardware  # noqa: E402
-from utils.train.stage import finish  # noqa: E402
+from utils.train.processes import finish  # noqa: E402
 
 HARDWARE = {
     "cpu": Hardware(),
@@ -56,6 +56,8 @@ PROBE_FLAGS = [
     "0",
     "--attn_implementation",
     "sdpa",
+    "--eval_strategy",
+    "no",
 ]
 
 
@@ -110,6 +112,7 @@ def probe(stage: str, recipe: str, output_dir: str, extra: list[str] = ()) -> di
     finish(trainer)  # every process reaches the end before any exits (DeepSpeed aborts otherwise)
     return {
         "precision": script.precision,
+        "attention": script.attn_implementation,
         "mixed_precision": trainer.accelerator.mixed_precision,
         "forward_dtype": seen[0],
         "deepspeed": trainer.is_deepspeed_enabled,

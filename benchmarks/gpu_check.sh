@@ -1,43 +1,38 @@
 #!/usr/bin/env bash
-# One GPU measurement, about 10 minutes on one H100/H200-class GPU, written as JSON and logs to a results folder
-# (GPU_CHECK_DIR, default ./gpu_check/):
-#   1. the precision the training engine really uses for each full recipe on this GPU (benchmarks/engine_probe.py);
-#   2. the speed of every stage at the 1B shape, seq 1024, bf16: upstream's path vs ours and each lever alone,
-#      side by side (benchmarks/train_speed.py);
-#   3. the T4 demo shape's peak memory, estimated and measured (benchmarks/memory.py --measure).
+# The GPU check: what the training engine holds for each full recipe on this machine (precision, attention), and
+# every stage's speed (tokens/s, MFU) and peak memory at the 1B shape, in one table and one JSON
+# (benchmarks/gpu_check.py). About 3 minutes on one H100-class GPU, at most 6 with its time boxes.
 #
-#   On a GPU machine with requirements.txt installed:    bash benchmarks/gpu_check.sh
-#   On an offline GPU machine whose Python has torch and transformers but not trl, datasets or liger-kernel:
-#   on a machine with PyPI access run `bash benchmarks/gpu_wheels.sh` (wheels into .whl/) and
-#   `python -m tools.make_tokenizer`, copy the repository with .whl/ and models/Qwen2.5-0.5B-Instruct, then run this
-#   script there; it installs .whl/ into a folder inside the results folder first.
+#   bash run.sh gpu-check                          # on your GPU machine, in the project's environment
+#   bash benchmarks/gpu_check.sh --dry_run         # the same steps with tiny shapes on a CPU, in a minute or two
+#
+# Results: $GPU_CHECK_DIR (default gpu_check/): gpu_check.json and gpu_check.txt.
+#
+# On a GPU machine that cannot reach PyPI and whose Python has torch, Triton, accelerate and transformers but not trl,
+# datasets or liger-kernel, bring along (about 25 MiB in all):
+#   1. the repository;
+#   2. .whl/, made on a machine with PyPI access by `bash benchmarks/gpu_wheels.sh`: the pure-Python wheels the check
+#      needs, and .whl/memory_estimate.json, the fake-tensor memory estimate computed there on the CPU;
+#   3. the tokenizer files in models/Qwen2.5-0.5B-Instruct/ (`bash run.sh setup` or `bash prepare.sh --stage model`
+#      writes them; they are not in git).
+# Then run this script there with that machine's python3 (PYTHON=...): it installs .whl/ into a folder inside the
+# results folder and puts it first on PYTHONPATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${GPU_CHECK_DIR:-gpu_check}
+py=${PYTHON:-python3}
 mkdir -p "$out"
+extra=()
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$out/site" .whl/*.whl
-  export PYTHONPATH=$out/site
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$out/site" .whl/*.whl
+  export PYTHONPATH=$out/site${PYTHONPATH:+:$PYTHONPATH}
+  [ -f .whl/memory_estimate.json ] && extra+=(--memory_estimate .whl/memory_estimate.json)
 fi
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
-# Fail in seconds, not after the first stage, if the packages do not import together.
-python3 -c "import torch, transformers, trl, datasets; print(torch.__version__, transformers.__version__, trl.__version__)" \
-  | tee -a "$out/gpu.txt"
+if [ ! -f models/Qwen2.5-0.5B-Instruct/tokenizer.json ]; then
+  echo "gpu_check: no tokenizer in models/Qwen2.5-0.5B-Instruct/: bring its files along (see the header)" >&2
+  exit 2
+fi
+# Fail in seconds, not after the first step, if the packages do not import together.
+"$py" -c "import torch, transformers, trl, datasets; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__)"
 export PYTHONUNBUFFERED=1
-for stage in pt sft dpo; do
-  python3 benchmarks/engine_probe.py "$stage" "configs/${stage}_full.yaml" real "$out/engine_$stage.json" 2>&1 \
-    | tail -n 3 > "$out/engine_$stage.log"
-  echo "engine, ${stage}_full.yaml: $(cat "$out/engine_$stage.json")" | tee -a "$out/gpu.txt"
-done
-speed() {
-  local stage=$1; shift
-  python3 -m benchmarks.train_speed --stage "$stage" --shape 1b --seq_len 1024 --batch_size 8 --steps 10 --warmup 3 \
-    --configs "$@" --json "$out/speed_$stage.json" 2>&1 | tee "$out/speed_$stage.log"
-}
-speed pt baseline ours ours-fused_head ours+flex ours+compile
-speed sft baseline ours ours+flex
-speed dpo baseline ours
-# The T4 demo recipe's shape and settings at seq 128 (adamw_torch: bitsandbytes may be missing; its 8-bit
-# state is 4.7 GiB smaller, by the estimate's accounting), estimate vs torch's measured peak.
-python3 -m benchmarks.memory --shape 1b --seq_len 128 --batch_size 4 --precision fp16 --activation_checkpointing \
-  --optim adamw_torch --measure 2>&1 | tee "$out/memory_t4.log"
+"$py" -m benchmarks.gpu_check --output_dir "$out" "${extra[@]}" "$@"

@@ -77,6 +77,7 @@ class Setup:
     fused_lm_head: bool = True
     live_reference: bool = False
     source: str = "flags"
+    accumulation: int = 1  # micro-batches per optimizer step: their gradients stay resident between them
     rollout_rows: int = 0  # GRPO: replies generated at once (per process) before the update
 
 
@@ -121,6 +122,7 @@ def recipe_setup(stage: str, config: str, shape_name: str) -> Setup:
         fused_lm_head=stage != "pt" or str(recipe.get("fused_lm_head", "auto")).lower() != "false",
         live_reference=(stage == "dpo" and not train.precompute_ref_log_probs) or (stage == "grpo" and train.beta > 0),
         source=config,
+        accumulation=train.gradient_accumulation_steps,
         rollout_rows=train.generation_batch_size if stage == "grpo" else 0,
     )
 
@@ -226,19 +228,22 @@ def train_steps(setup: Setup, device: torch.device, tracker: MemTracker | None, 
         tracker.track_external(*externals)
     with tracker if tracker is not None else contextlib.nullcontext():
         for _ in range(steps):
-            if setup.rollout_rows:
+            if setup.rollout_rows:  # at an optimizer-step boundary: no gradient is alive
                 rollout(model, setup, device, autocast)
                 if tracker is not None:
                     tracker.reset_mod_stats()  # the rollout's forward is one iteration, the update another
-            batch = make_batch(setup, model.config.vocab_size, device)
-            with torch.autocast(**autocast):
-                loss = step_loss(setup.stage, model, batch, setup.fused_lm_head, reference)
-            loss.backward()
+            # With accumulation the gradients of the first micro-batch are alive through the next one's forward
+            # and backward: two micro-batches show that peak (more would repeat it).
+            for _ in range(min(setup.accumulation, 2)):
+                batch = make_batch(setup, model.config.vocab_size, device)
+                with torch.autocast(**autocast):
+                    loss = step_loss(setup.stage, model, batch, setup.fused_lm_head, reference)
+                loss.backward()
+                if tracker is not None:
+                    tracker.reset_mod_stats()  # MemTracker keeps per-module stats of one forward only
             if optimizer is not None:
                 optimizer.step()
             model.zero_grad(set_to_none=True)
-            if tracker is not None:
-                tracker.reset_mod_stats()  # MemTracker keeps per-module stats of one iteration only
 
 
 class _InPlaceKernel:
@@ -308,7 +313,8 @@ def print_report(setup: Setup, parameters: int, row: dict[str, float], measured:
     print(
         f"\n{setup.stage.upper()} {setup.source}: {parameters:,} parameters, micro-batch {setup.batch_size} x "
         f"{setup.seq_len} tokens, {setup.precision} autocast over fp32 weights, activation checkpointing "
-        f"{'on' if setup.activation_checkpointing else 'off'}, {setup.optim}"
+        f"{'on' if setup.activation_checkpointing else 'off'}, {setup.optim}, {setup.accumulation} micro-batch(es) "
+        "per optimizer step"
         + (", fused LM head" if setup.fused_lm_head else ", full logits")
         + (", live reference model" if setup.live_reference else "")
         + (f", a rollout of {setup.rollout_rows} replies generated at once" if setup.rollout_rows else "")
@@ -363,6 +369,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--live_reference", action="store_true", help="DPO: keep a reference model (precompute_ref_log_probs false)."
     )
     parser.add_argument(
+        "--accumulation", type=int, default=1, help="Micro-batches per optimizer step (gradients stay resident)."
+    )
+    parser.add_argument(
         "--rollout_rows", type=int, default=0, help="GRPO: replies generated at once before the update (per process)."
     )
     parser.add_argument("--measure", action="store_true", help="Also run the step on the GPU and print its peak.")
@@ -387,6 +396,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             args.optim,
             args.fused_lm_head == "on",
             args.live_reference,
+            accumulation=args.accumulation,
             rollout_rows=args.rollout_rows if stage == "grpo" else 0,
         )
     with torch.device("meta"):

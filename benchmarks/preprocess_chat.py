@@ -45,7 +45,7 @@ def _measure(kind: str, data_dir: str, tokenizer_dir: str, max_length: int, num_
     tokenizer = load_tokenizer(tokenizer_dir)
     start = time.perf_counter()
     if kind == "sft":
-        _, summary = load_sft_dataset(data_dir, tokenizer_dir, max_length, None, num_proc, cache, tokenizer)
+        _, _, summary = load_sft_dataset(data_dir, tokenizer_dir, max_length, None, num_proc, cache, tokenizer)
     else:
         _, summary = load_preference_pairs(data_dir, tokenizer, max_length // 2, max_length)
     seconds = time.perf_counter() - start

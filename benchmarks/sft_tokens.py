@@ -62,7 +62,7 @@ def main() -> None:
 
     upstream = upstream_rows(args.data_dir, tokenizer, args.max_length)
     with tempfile.TemporaryDirectory() as tmp:
-        dataset, summary = load_sft_dataset(args.data_dir, args.tokenizer, args.max_length, cache_dir=tmp)
+        dataset, _, summary = load_sft_dataset(args.data_dir, args.tokenizer, args.max_length, cache_dir=tmp)
         packed = pack_dataset(dataset.shuffle(seed=0), args.max_length, "bfd").to_list()
     results = {
         "upstream: last pair, padded": measure(upstream, PackedCollator(0, isolate=False), args.batch_size),

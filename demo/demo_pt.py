@@ -1,8 +1,20 @@
-"""Demo pretraining: ``python -m demo.demo_pt [--max_steps 50 ...]`` (the same main() as mini_qwen_pt.py)."""
+"""Demo pretraining: the same main() as mini_qwen_pt.py with a demo recipe.
+
+From the repository root (``--recipes cpu|t4`` overrides the choice this machine suits: t4 on a 16 GB GPU)::
+
+    python demo/demo_pt.py                      # the recipes this machine suits (t4 on a 16 GB GPU, else cpu)
+    python demo/demo_pt.py --recipes cpu --max_steps 50      # any recipe value can be overridden by a flag
+    python -m demo.demo_pt                      # the same
+"""
+
+if __package__ in (None, ""):  # run as a file (python demo/demo_pt.py, upstream's quick start)
+    from bootstrap import enter_project  # demo/bootstrap.py, beside this file; standard library only
+
+    enter_project()
 
 from transformers import TrainingArguments
 
-from demo.common import DEMO_TOKENIZER, demo_argv, ensure_demo_tokenizer, flag_value
+from demo.common import DEMO_TOKENIZER, demo_argv, ensure_demo_tokenizer, flag_value, stage_main
 from mini_qwen_pt import PTArguments, main
 from utils.train.args import parse_args
 
@@ -15,4 +27,4 @@ def run(extra: list[str] | None = None, recipes: str = "cpu"):
 
 
 if __name__ == "__main__":
-    run()
+    stage_main(run)

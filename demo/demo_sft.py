@@ -1,8 +1,19 @@
-"""Demo SFT: ``python -m demo.demo_sft [...]`` (the same main() as mini_qwen_sft.py)."""
+"""Demo SFT (after the demo PT run): the same main() as mini_qwen_sft.py with a demo recipe.
+
+From the repository root (``--recipes cpu|t4`` overrides the choice this machine suits: t4 on a 16 GB GPU)::
+
+    python demo/demo_sft.py                     # the recipes this machine suits (t4 on a 16 GB GPU, else cpu)
+    python demo/demo_sft.py --recipes cpu --num_train_epochs 2
+"""
+
+if __package__ in (None, ""):  # run as a file (python demo/demo_sft.py, upstream's quick start)
+    from bootstrap import enter_project  # demo/bootstrap.py, beside this file; standard library only
+
+    enter_project()
 
 from trl import SFTConfig
 
-from demo.common import demo_argv
+from demo.common import demo_argv, stage_main
 from mini_qwen_sft import SFTArguments, main
 from utils.train.args import parse_args
 
@@ -12,4 +23,4 @@ def run(extra: list[str] | None = None, recipes: str = "cpu"):
 
 
 if __name__ == "__main__":
-    run()
+    stage_main(run)

@@ -2,13 +2,14 @@
 
     python -m demo.run_all                          # what `bash run.sh demo` runs
     python -m demo.run_all --max_steps 20 --logging_steps 5 --output_root /tmp/demo   # shorter, elsewhere
-    python -m demo.run_all --recipes t4             # the 1B shape at seq 128 on a 16 GB GPU (T4 class)
+    python -m demo.run_all --recipes cpu            # the tiny recipes even on a GPU (default: what the machine suits)
     python -m demo.run_all --with_grpo              # SFT also learns worked solutions; GRPO after DPO
 
 Each stage is the real stage ``main()`` with its demo recipe (configs/*_demo.yaml); the flags here only
-override where outputs go and, optionally, the number of steps of every stage. ``--with_grpo`` adds the demo
-problems' worked solutions to SFT (``--reasoning_data_dir mini_data/grpo/sft``: the thinking layout GRPO rewards)
-and runs GRPO from the DPO model (``configs/grpo_demo.yaml``), then prints its reward curve and held-out report.
+override where outputs go and, optionally, the number of steps of every stage. ``--with_grpo`` (the tiny recipes)
+adds the demo problems' worked solutions to SFT (``--reasoning_data_dir mini_data/grpo/sft``: the thinking layout
+GRPO rewards) and runs GRPO from the DPO model (``configs/grpo_demo.yaml``), then prints how its rewards moved and
+its held-out report.
 """
 
 from __future__ import annotations
@@ -19,25 +20,27 @@ import time
 from pathlib import Path
 
 from demo import demo_dpo, demo_grpo, demo_pt, demo_sft
-from demo.common import RECIPES
+from demo.common import RECIPES, ROOT, announce_recipes
 from mini_qwen_eval import EvalArguments
 from mini_qwen_eval import main as eval_main
 from utils.plotting import find_log_history
+from utils.train.args import parse_args, read_recipe
 
+EVAL_RECIPE = ROOT / "configs" / "eval_demo.yaml"
 # The worked solutions the demo SFT learns the thinking layout from, when GRPO follows.
 REASONING_DATA = "mini_data/grpo/sft"
 # GRPO's logged reward parts, summarised as their mean over the first and last quarter of the run.
 GRPO_CURVES = ("rewards/format_reward/mean", "rewards/correctness_reward/mean", "completions/mean_length")
 
 
-def losses(run_dir: Path) -> list[float]:
-    return [h["loss"] for h in find_log_history(run_dir) if "loss" in h]
+def losses(run_dir: Path, key: str = "loss") -> list[float]:
+    return [h[key] for h in find_log_history(run_dir) if key in h]
 
 
 def first_and_last_quarter(run_dir: Path, key: str) -> tuple[float, float]:
     """The mean of ``key`` over the first and over the last quarter of its logged values (one log entry is noisy:
     a handful of problems)."""
-    values = [h[key] for h in find_log_history(run_dir) if key in h]
+    values = losses(run_dir, key)
     quarter = max(1, len(values) // 4)
     return sum(values[:quarter]) / quarter, sum(values[-quarter:]) / quarter
 
@@ -75,30 +78,39 @@ def run(
     timings["sft"] = time.perf_counter() - start - sum(timings.values())
     demo_dpo.run(["--model_name_or_path", str(root / "sft"), "--output_dir", str(root / "dpo"), *steps], recipes)
     timings["dpo"] = time.perf_counter() - start - sum(timings.values())
-    stages = ["pt", "sft", "dpo"]
     if with_grpo:
         demo_grpo.run(["--model_name_or_path", str(root / "dpo"), "--output_dir", str(root / "grpo"), *steps])
         timings["grpo"] = time.perf_counter() - start - sum(timings.values())
-        stages.append("grpo")
 
     prompt_file = root / "demo_prompts.jsonl"
-    lines = Path("mini_data/eval_prompts.jsonl").read_text(encoding="utf-8").splitlines()[:prompts]
+    # The first ``prompts`` of the recipe's prompt file: a short demo answers a few.
+    lines = (ROOT / read_recipe(str(EVAL_RECIPE))["prompts"]).read_text(encoding="utf-8").splitlines()[:prompts]
     prompt_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    rows = eval_main(
-        EvalArguments(
-            model_name_or_path=[str(root / s) for s in ("pt", "sft", "dpo")],  # GRPO answers in grpo_report.md
-            prompts=str(prompt_file),
-            eval_data="mini_data/pt",
-            eval_max_tokens=4000,
-            block_size=256,
-            output_dir=str(root / "eval"),
-            max_new_tokens=128,
-        )
+    checkpoints = [str(root / s) for s in ("pt", "sft", "dpo")]
+    (eval_args,) = parse_args(
+        (EvalArguments,),
+        [
+            "--config",
+            str(EVAL_RECIPE),
+            "--model_name_or_path",
+            *checkpoints,
+            "--prompts",
+            str(prompt_file),
+            "--output_dir",
+            str(root / "eval"),
+        ],
     )
+    rows = eval_main(eval_args)
     seconds = time.perf_counter() - start
     timings["eval"] = seconds - sum(timings.values())
 
-    stage_losses = {stage: losses(root / stage) for stage in stages}
+    stage_losses = {stage: losses(root / stage) for stage in ("pt", "sft", "dpo")}
+    # The held-out curves: PT and SFT score their held-out share, DPO its held-out pairs.
+    heldout = {
+        "pt": losses(root / "pt", "eval_loss"),
+        "sft": losses(root / "sft", "eval_loss"),
+        "dpo": losses(root / "dpo", "eval_rewards/accuracies"),
+    }
     chat_rows = [row for row in rows if row["mode"] == "chat"]
     print("\n" + "=" * 72)
     for row in chat_rows:
@@ -106,17 +118,20 @@ def run(
         print(f"[{name}] {row['prompt']}\n  -> {row['output']!r}  (ended at <|im_end|>: {stop})")
     print((root / "eval" / "report.md").read_text(encoding="utf-8"))
     for stage, values in stage_losses.items():
-        print(f"{stage.upper()} loss: first {values[0]:.3f} -> last {values[-1]:.3f}  ({timings[stage]:.0f} s)")
-    grpo = {}
+        held = heldout[stage]
+        what = "held-out preference accuracy" if stage == "dpo" else "held-out loss"
+        shown = f"; {what}: first {held[0]:.3f} -> last {held[-1]:.3f}" if held else ""
+        print(f"{stage.upper()} loss: first {values[0]:.3f} -> last {values[-1]:.3f}{shown}  ({timings[stage]:.0f} s)")
+    grpo = {key: first_and_last_quarter(root / "grpo", key) for key in GRPO_CURVES} if with_grpo else {}
+    for key, (first, last) in grpo.items():
+        print(f"GRPO {key}: first quarter {first:.3f} -> last quarter {last:.3f}  ({timings['grpo']:.0f} s)")
     if with_grpo:
-        grpo = {key: first_and_last_quarter(root / "grpo", key) for key in GRPO_CURVES}
-        for key, (first, last) in grpo.items():
-            print(f"GRPO {key}: first quarter {first:.3f} -> last quarter {last:.3f}")
         print((root / "grpo" / "grpo_report.md").read_text(encoding="utf-8"))
     ended = sum(row["ended_with_eos"] for row in chat_rows)
     print(f"Chat answers that ended at <|im_end|>: {ended} of {len(chat_rows)} (the rest hit max_new_tokens)")
     print(f"Demo finished in {seconds / 60:.1f} min ({seconds:.0f} s). Outputs under {root}/")
-    summary = {"seconds": seconds, "timings": timings, "losses": stage_losses, "generations": rows, "grpo": grpo}
+    summary = {"seconds": seconds, "timings": timings, "losses": stage_losses, "heldout": heldout, "generations": rows}
+    summary["grpo"] = grpo
     (root / "demo_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     return summary
 
@@ -128,9 +143,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--recipes",
-        choices=sorted(RECIPES),
-        default="cpu",
-        help="cpu: tiny model, any machine; t4: the 1B shape at seq 128 on a 16 GB GPU.",
+        choices=["auto", *sorted(RECIPES)],
+        default="auto",
+        help="auto: t4 on a CUDA GPU with the memory for it, else cpu; cpu: tiny model, any machine; t4: the 1B shape "
+        "at seq 128 on a 16 GB GPU.",
     )
     parser.add_argument("--max_steps", type=int, default=None, help="Override every stage's step count.")
     parser.add_argument("--prompts", type=int, default=4, help="How many of the eval prompts to answer.")
@@ -143,18 +159,12 @@ def main() -> None:
     parser.add_argument(
         "--with_grpo",
         action="store_true",
-        help="SFT also learns the bundled problems' worked solutions (thinking); GRPO runs after DPO.",
+        help="The tiny chain, its SFT also learning the bundled problems' worked solutions; GRPO after DPO.",
     )
     args = parser.parse_args()
-    run(
-        args.output_root,
-        args.max_steps,
-        args.prompts,
-        args.logging_steps,
-        args.recipes,
-        args.work_dir,
-        args.with_grpo,
-    )
+    # GRPO's demo recipe is a tiny one: with --with_grpo, "auto" means the tiny chain on any machine.
+    recipes = announce_recipes("cpu" if args.with_grpo and args.recipes == "auto" else args.recipes)
+    run(args.output_root, args.max_steps, args.prompts, args.logging_steps, recipes, args.work_dir, args.with_grpo)
 
 
 if __name__ == "__main__":

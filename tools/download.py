@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 PT_SUBSET = REPO_ROOT / "configs" / "data" / "industrycorpus2.yaml"
 MODEL_REPO, MODEL_DIR = "Qwen/Qwen2.5-0.5B-Instruct", "models/Qwen2.5-0.5B-Instruct"
 MODEL_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"]
-SFT_REPO, SFT_SUBSETS = "BAAI/Infinity-Instruct", ["7M", "Gen"]
-DPO_REPO = "BAAI/Infinity-Preference"
+SFT_DATA = REPO_ROOT / "configs" / "data" / "infinity_instruct.yaml"
+DPO_DATA = REPO_ROOT / "configs" / "data" / "infinity_preference.yaml"
 MANIFEST = "MANIFEST.json"
 COMPLETE = ".complete"
 
@@ -118,11 +118,14 @@ def stage_jobs(stage: str, data_dir: Path, domains: list[str] | None) -> list[Jo
     if stage == "pt":
         return pt_jobs(data_dir, domains)
     if stage == "sft":
+        sft = yaml.safe_load(SFT_DATA.read_text())
         return [
-            Job(SFT_REPO, "dataset", data_dir / "sft", data_dir / "sft" / s, patterns=[f"{s}/*"]) for s in SFT_SUBSETS
+            Job(sft["dataset"], "dataset", data_dir / "sft", data_dir / "sft" / s, patterns=[f"{s}/*"])
+            for s in sft["subsets"]
         ]
     if stage == "dpo":
-        return [Job(DPO_REPO, "dataset", data_dir / "dpo", data_dir / "dpo", patterns=["*.parquet", "data/*"])]
+        repo = yaml.safe_load(DPO_DATA.read_text())["dataset"]
+        return [Job(repo, "dataset", data_dir / "dpo", data_dir / "dpo", patterns=["*.parquet", "data/*"])]
     if stage == "bench":
         return [
             Job(

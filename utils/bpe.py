@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import logging
+import sys
 import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
@@ -50,24 +51,38 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
+# Qwen's BPE ranks ship inside the PyPI package dashscope (dashscope/resources/qwen.tiktoken). Only that file is
+# used: ``python -m tools.make_tokenizer --fetch_ranks`` (run by ``run.sh setup``) takes it out of the pinned wheel,
+# checks it against this hash and keeps it in the environment, so dashscope itself is never installed.
+QWEN_RANKS_SOURCE = "dashscope==2.0.2"
+QWEN_RANKS_MEMBER = "dashscope/resources/qwen.tiktoken"
+QWEN_RANKS_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
+
+
+def qwen_ranks_path() -> Path:
+    """Where the fetched ranks live: inside the virtual environment, so they come and go with it."""
+    return Path(sys.prefix) / "share" / "mini_qwen" / "qwen.tiktoken"
+
+
 def find_qwen_tiktoken_file() -> Path:
-    """Locate ``dashscope/resources/qwen.tiktoken`` without importing dashscope."""
+    """The Qwen BPE ranks: the fetched copy, else an installed dashscope's (found without importing it)."""
+    if qwen_ranks_path().is_file():
+        return qwen_ranks_path()
     spec = importlib.util.find_spec("dashscope")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "Cannot build the Qwen2.5 tokenizer offline: no tokenizer files in the model folder and the "
-            "package 'dashscope' (which ships the Qwen BPE ranks) is not installed. "
-            "Run: pip install --no-deps dashscope==2.0.2   (or: bash prepare.sh --stage model)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
-    if not path.is_file():
-        raise FileNotFoundError(f"The installed dashscope has no {path}; reinstall dashscope==2.0.2.")
-    return path
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        "Cannot build the Qwen2.5 tokenizer offline: no tokenizer files in the model folder and no Qwen BPE ranks "
+        f"at {qwen_ranks_path()}. Run: bash run.sh setup   (or: python -m tools.make_tokenizer --fetch_ranks, "
+        "or bash prepare.sh --stage model)"
+    )
 
 
 @lru_cache(maxsize=2)
 def load_qwen_ranks(path: str | None = None) -> dict[bytes, int]:
-    """Read a ``qwen.tiktoken`` file (default: dashscope's copy)."""
+    """Read a ``qwen.tiktoken`` file (default: ``find_qwen_tiktoken_file``)."""
     file = Path(path) if path else find_qwen_tiktoken_file()
     ranks: dict[bytes, int] = {}
     for line_no, line in enumerate(file.read_text().splitlines(), start=1):

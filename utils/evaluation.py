@@ -1,5 +1,5 @@
-"""Numbers that say whether a model got better: log-likelihoods, perplexity, bits per byte, repetition, held-out
-math problems, and the benchmark table."""
+"""Numbers that say whether a model got better: log-likelihoods, perplexity, bits per byte, repetition, and the
+benchmark table."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import json
 import math
 from collections import Counter
 from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
 
-from utils.rewards import judge
+from utils.data.collate import IGNORE_INDEX
+from utils.modeling import load_causal_lm
+from utils.train.hardware import inference_dtype, release_cached_memory
 
 
 @torch.no_grad()
@@ -40,6 +41,19 @@ def text_nll(model: PreTrainedModel, token_ids: Sequence[int], block_size: int) 
         total += float(loss) * (len(block) - 1)
         count += len(block) - 1
     return total, count
+
+
+@torch.no_grad()
+def labelled_nll(model: PreTrainedModel, input_ids: Sequence[int], labels: Sequence[int]) -> tuple[float, int]:
+    """Total negative log-likelihood (nats) of the labelled tokens of one sequence (``IGNORE_INDEX`` labels are not
+    scored), and their number."""
+    ids = torch.tensor([list(input_ids)], device=model.device)
+    targets = torch.tensor([list(labels)], device=model.device)
+    count = int((targets[0, 1:] != IGNORE_INDEX).sum())
+    if count == 0:
+        return 0.0, 0
+    loss = model(input_ids=ids, labels=targets).loss.float()
+    return float(loss) * count, count
 
 
 def perplexity_and_bpb(nll_nats: float, n_tokens: int, n_bytes: int) -> tuple[float, float]:
@@ -70,32 +84,60 @@ def distinct_n(tokens: Sequence, n: int = 2) -> float:
 
 
 @torch.no_grad()
-def preference_report(policy, reference, pairs: list[dict], beta: float, max_length: int | None) -> dict:
-    """On held-out tokenized pairs (``prompt_ids``, ``chosen_ids``, ``rejected_ids``): how often each model
-    prefers the chosen reply (length-normalised log-likelihood), and the DPO model's mean implicit reward
-    margin. Replies are cut to ``max_length`` as in training."""
-    stats = {"policy_prefers_chosen": 0, "reference_prefers_chosen": 0, "margins": []}
+def pair_logprobs(model, pairs: list[dict], max_length: int | None) -> list[dict]:
+    """On tokenized pairs (``prompt_ids``, ``chosen_ids``, ``rejected_ids``): the summed log-likelihood of each reply
+    given its prompt, and its length. Replies are cut to ``max_length`` as in training. One model at a time, so a
+    report never needs two models in memory."""
+    scores = []
     for row in pairs:
-        head = row["prompt_ids"]
-        scores = {}
+        head, entry = row["prompt_ids"], {}
         for key in ("chosen", "rejected"):
             tail = row[f"{key}_ids"]
             if max_length is not None:
                 tail = tail[: max(1, max_length - len(head))]
-            scores[key] = {
-                name: completion_logprob(model, head, tail) for name, model in (("pol", policy), ("ref", reference))
-            }
-            scores[key]["n"] = len(tail)
-        c, r = scores["chosen"], scores["rejected"]
-        stats["policy_prefers_chosen"] += c["pol"] / c["n"] > r["pol"] / r["n"]
-        stats["reference_prefers_chosen"] += c["ref"] / c["n"] > r["ref"] / r["n"]
-        stats["margins"].append(beta * ((c["pol"] - c["ref"]) - (r["pol"] - r["ref"])))
-    n = len(pairs)
+            entry[key], entry[f"{key}_n"] = completion_logprob(model, head, tail), len(tail)
+        scores.append(entry)
+    return scores
+
+
+def heldout_preference_report(
+    policy_dir: str,
+    reference_dir: str,
+    pairs: list[dict],
+    beta: float,
+    max_length: int | None,
+    attn_implementation: str,
+    device: str,
+) -> dict:
+    """``preference_report`` of a trained DPO model against its reference, each loaded from its folder in the dtype
+    inference uses on ``device`` (flash-attention-2 refuses fp32; half precision also halves the memory), one at a
+    time: the reference is scored and freed before the policy is loaded."""
+    dtype = inference_dtype(device)
+    scores = {}
+    for name, path in (("reference", reference_dir), ("policy", policy_dir)):
+        model = load_causal_lm(path, attn_implementation, dtype).to(device).eval()
+        scores[name] = pair_logprobs(model, pairs, max_length)
+        del model
+        release_cached_memory()
+    return preference_report(scores["policy"], scores["reference"], beta)
+
+
+def preference_report(policy: list[dict], reference: list[dict], beta: float) -> dict:
+    """From ``pair_logprobs`` of the DPO model and of its reference on the same held-out pairs: how often each prefers
+    the chosen reply (length-normalised log-likelihood), and the DPO model's mean implicit reward margin."""
+
+    def prefers(s: dict) -> bool:
+        return s["chosen"] / s["chosen_n"] > s["rejected"] / s["rejected_n"]
+
+    margins = [
+        beta * ((p["chosen"] - r["chosen"]) - (p["rejected"] - r["rejected"])) for p, r in zip(policy, reference)
+    ]
+    n = len(policy)
     return {
         "heldout_pairs": n,
-        "reference_prefers_chosen": stats["reference_prefers_chosen"] / n,
-        "dpo_prefers_chosen": stats["policy_prefers_chosen"] / n,
-        "dpo_mean_reward_margin": sum(stats["margins"]) / n,
+        "reference_prefers_chosen": sum(map(prefers, reference)) / n,
+        "dpo_prefers_chosen": sum(map(prefers, policy)) / n,
+        "dpo_mean_reward_margin": sum(margins) / n,
     }
 
 
@@ -114,45 +156,6 @@ def write_preference_report(report: dict, output_dir: str | Path) -> None:
         "",
     ]
     (out / "preference_report.md").write_text("\n".join(lines))
-
-
-def problem_scores(generations: list, references: list[str], thinking: bool) -> dict:
-    """What a model did on held-out math problems: the share answered right (``correctness_reward``), laid out as
-    asked (``format_reward``), ended at an end-of-turn token, and the mean reply length in tokens."""
-    n = len(generations)
-    judged = [judge(g.text, thinking, g.ended_with_eos) for g in generations]
-    right = sum(j.value is not None and j.value == Fraction(ref) for j, ref in zip(judged, references))
-    return {
-        "problems": n,
-        "correct": right / n,
-        "well_formed": sum(j.well_formed and j.value is not None for j in judged) / n,
-        "ended": sum(g.ended_with_eos for g in generations) / n,
-        "mean_tokens": sum(len(g.token_ids) for g in generations) / n,
-    }
-
-
-def write_problem_report(report: dict, output_dir: str | Path) -> None:
-    """``grpo_report.json`` and ``.md``: the start checkpoint and the trained model side by side."""
-    out = Path(output_dir)
-    (out / "grpo_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    rows = [
-        f"| {name} | {s['correct']:.1%} | {s['well_formed']:.1%} | {s['ended']:.1%} | {s['mean_tokens']:.1f} |"
-        for name, s in (("start", report["start"]), ("GRPO", report["grpo"]))
-    ]
-    lines = [
-        f"# GRPO report ({report['start']['problems']} held-out problems, greedy, thinking "
-        f"{'on' if report['thinking'] else 'off'})",
-        "",
-        "| model | correct | one think block, then a stated number | ended | mean reply tokens |",
-        "|---|---|---|---|---|",
-        *rows,
-        "",
-        f"Start: {report['start_checkpoint']}. Examples (GRPO):",
-        "",
-        *[f"- {e['question']!r} (reference {e['reference']}) -> {e['reply']!r}" for e in report["examples"]],
-        "",
-    ]
-    (out / "grpo_report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
 # Benchmark tables (bench.json of tools/bench.py), rendered here so that any report can include one.

@@ -22,12 +22,14 @@ A completion that did not end (it hit ``max_completion_length``) has no final an
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import partial
+from pathlib import Path
 
 from utils.data.chat import split_reasoning
 
@@ -178,6 +180,46 @@ def format_reward(
         judged = judge(text, thinking, done)
         rewards.append(float(judged.well_formed and judged.value is not None))
     return rewards
+
+
+def problem_scores(generations: list, references: list[str], thinking: bool) -> dict:
+    """What a model did on held-out math problems (``utils.generation.Generation`` replies): the share answered
+    right (as ``correctness_reward`` counts), laid out as asked (``format_reward``), ended at an end-of-turn token,
+    and the mean reply length in tokens."""
+    n = len(generations)
+    judged = [judge(g.text, thinking, g.ended_with_eos) for g in generations]
+    right = sum(j.value is not None and j.value == Fraction(ref) for j, ref in zip(judged, references))
+    return {
+        "problems": n,
+        "correct": right / n,
+        "well_formed": sum(j.well_formed and j.value is not None for j in judged) / n,
+        "ended": sum(g.ended_with_eos for g in generations) / n,
+        "mean_tokens": sum(len(g.token_ids) for g in generations) / n,
+    }
+
+
+def write_problem_report(report: dict, output_dir: str | Path) -> None:
+    """``grpo_report.json`` and ``.md``: the start checkpoint and the trained model side by side."""
+    out = Path(output_dir)
+    (out / "grpo_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    rows = [
+        f"| {name} | {s['correct']:.1%} | {s['well_formed']:.1%} | {s['ended']:.1%} | {s['mean_tokens']:.1f} |"
+        for name, s in (("start", report["start"]), ("GRPO", report["grpo"]))
+    ]
+    lines = [
+        f"# GRPO report ({report['start']['problems']} held-out problems, greedy, thinking "
+        f"{'on' if report['thinking'] else 'off'})",
+        "",
+        "| model | correct | one think block, then a stated number | ended | mean reply tokens |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Start: {report['start_checkpoint']}. Examples (GRPO):",
+        "",
+        *[f"- {e['question']!r} (reference {e['reference']}) -> {e['reply']!r}" for e in report["examples"]],
+        "",
+    ]
+    (out / "grpo_report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
 def reward_functions(thinking: bool, eos_ids: Sequence[int]) -> list[Callable]:

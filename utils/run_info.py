@@ -129,3 +129,24 @@ def read_run_info(folder: str | Path) -> dict | None:
 
 def recorded_arguments(info: dict) -> dict[str, Any]:
     return {k: v for group in info.get("arguments", {}).values() for k, v in group.items()}
+
+
+# The arguments a stage records that bound the sequences it trained on (PT's block, SFT's and DPO's length).
+TRAINED_LENGTH_KEYS = ("block_size", "max_length")
+
+
+def trained_length(folder: str | Path) -> tuple[int | None, str]:
+    """The longest sequence a checkpoint was trained on, and where that number comes from: its run record, else its
+    config's RoPE table (``max_position_embeddings``); ``(None, "")`` when neither says."""
+    recorded = recorded_arguments(read_run_info(folder) or {})
+    lengths = {key: recorded[key] for key in TRAINED_LENGTH_KEYS if isinstance(recorded.get(key), int)}
+    if lengths:
+        key = max(lengths, key=lengths.get)
+        return lengths[key], f"{RUN_INFO_FILE} {key}"
+    try:
+        positions = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get(
+            "max_position_embeddings"
+        )
+    except (OSError, ValueError, AttributeError):
+        positions = None
+    return (positions, "config.json max_position_embeddings") if isinstance(positions, int) else (None, "")

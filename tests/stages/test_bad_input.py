@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -101,7 +102,9 @@ def test_invalid_utf8_rows_are_skipped_and_counted_in_every_stage(tmp_path, qwen
     sft.parent.mkdir()
     good = [("human", b"Hi"), ("gpt", b"Hello")]
     pq.write_table(pa.table({"conversations": conversations([good, [("human", b"\xc3("), ("gpt", b"x")], good])}), sft)
-    dataset, summary = load_sft_dataset(str(sft.parent), str(qwen_tokenizer_dir), 128, cache_dir=str(tmp_path / "c"))
+    dataset, _, summary = load_sft_dataset(
+        str(sft.parent), str(qwen_tokenizer_dir), 128, cache_dir=str(tmp_path / "c")
+    )
     assert summary["skipped"] == {"invalid UTF-8": 1} and len(dataset) == summary["kept"] == 2
 
     dpo = tmp_path / "dpo" / "a.parquet"
@@ -320,3 +323,38 @@ def test_eval_metrics_are_valid_json_when_nothing_can_be_scored():
 
     scores = perplexity(None, Tokenizer(), ["x"], max_tokens=10, block_size=8)
     assert scores["perplexity"] is None and json.loads(json.dumps(scores, allow_nan=False)) == scores
+
+
+def test_eval_names_a_folder_given_as_prompts_and_a_file_given_as_output(tmp_path, capsys):
+    with pytest.raises(DataError, match=r"--prompts .* is a folder: give a .jsonl file"):
+        read_prompts(str(tmp_path))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    args = EvalArguments(model_name_or_path=["m"], prompts=str(prompts), output_dir=str(taken))
+    with pytest.raises(SystemExit, match=r"error: --output_dir .*taken is a file"):
+        mini_qwen_eval.main(args)
+
+
+def test_eval_warns_about_a_prompt_longer_than_training_saw(tmp_path, caplog):
+    """Answered, since a user may want to see it, but with a warning naming both lengths and where the trained one
+    comes from."""
+    from utils.run_info import write_run_info
+
+    write_run_info(tmp_path, "sft", data_summary={})
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    info["arguments"] = {"SFTConfig": {"max_length": 8}}
+    (tmp_path / "run_info.json").write_text(json.dumps(info))
+
+    class Tokenizer:
+        def __call__(self, text, **kwargs):
+            return {"input_ids": list(range(len(text.split())))}
+
+    caplog.set_level(logging.WARNING)
+    mini_qwen_eval.warn_if_longer_than_trained(Tokenizer(), "one two three", mini_qwen_eval.trained_length(tmp_path))
+    assert not caplog.text
+    mini_qwen_eval.warn_if_longer_than_trained(Tokenizer(), "w " * 20, mini_qwen_eval.trained_length(tmp_path))
+    assert "The prompt has 20 tokens, more than the 8 this checkpoint was trained on (run_info.json max_length)" in (
+        caplog.text
+    )

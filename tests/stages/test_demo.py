@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import socket
+import subprocess
+import sys
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from demo import demo_dpo, demo_pt, demo_sft, run_all
-from tests.helpers import TINY_SHAPE
+from tests.helpers import ROOT, TINY_SHAPE
 
 
 def test_demo_pipeline(tmp_path, monkeypatch, capsys):
@@ -69,3 +74,83 @@ def test_t4_recipes_chain_on_cpu_with_their_fallbacks(tmp_path, small_tokenizer_
     messages = [r.getMessage() for r in caplog.records]
     assert sum("fp16 was requested but there is no GPU" in m for m in messages) == 3
     assert sum("bitsandbytes is not installed" in m for m in messages) == 3
+
+
+def test_upstreams_quick_start_runs_as_written_with_a_bare_python(tmp_path, small_tokenizer_dir):
+    """``python demo/demo_pt.py`` from the repository root, with an interpreter that has none of the project's packages
+    (the system's python3 on a fresh machine): the script enters the project's environment (``run.sh setup``,
+    instant once made) and runs there; the first log line says which recipes and why."""
+    bare = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    if bare is None or subprocess.run([bare, "-c", "import transformers"], capture_output=True).returncode == 0:
+        pytest.skip("no python3 without the project's packages on this machine")
+    out = tmp_path / "pt"
+    flags = [
+        "--recipes",
+        "cpu",
+        "--max_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--output_dir",
+        str(out),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--tokenizer_name_or_path",
+        str(small_tokenizer_dir),
+        "--vocab_size",
+        "1024",
+        *TINY_SHAPE,
+        "--report_to",
+        "none",
+        "--holdout",
+        "0",
+        "--eval_strategy",
+        "no",
+    ]
+    env = {**os.environ, "VENV": sys.prefix}
+    result = subprocess.run(
+        [bare, "demo/demo_pt.py", *flags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lacks torch" in result.stdout and "using the project's environment" in result.stdout
+    logged = result.stderr.splitlines()
+    assert "Demo recipes: cpu (asked for with --recipes)" in next(line for line in logged if "INFO" in line)
+    assert AutoModelForCausalLM.from_pretrained(out).num_parameters() > 0
+    # The SFT and DPO scripts import and parse the same way (a bad flag is refused by their own parser).
+    for script in ("demo/demo_sft.py", "demo/demo_dpo.py"):
+        bad = subprocess.run(
+            [sys.executable, script, "--recipes", "cpu", "--no_such_flag", "1"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert bad.returncode != 0 and "unknown argument(s): --no_such_flag" in bad.stderr, bad.stderr[-2000:]
+
+
+def test_the_demo_chooses_its_recipes_from_the_machine():
+    """t4 only on a CUDA GPU with the memory for it and bitsandbytes for its 8-bit Adam; cpu otherwise; --recipes
+    decides when given."""
+    from demo.common import T4_RECIPES_GIB, choose_recipes, pop_recipes_flag
+
+    assert choose_recipes("auto", free_gib=None) == ("cpu", "no CUDA GPU")
+    assert choose_recipes("auto", free_gib=T4_RECIPES_GIB - 1, bitsandbytes=True)[0] == "cpu"
+    assert "requirements/gpu.txt" in choose_recipes("auto", free_gib=40.0, bitsandbytes=False)[1]
+    assert choose_recipes("auto", free_gib=15.5, bitsandbytes=True)[0] == "t4"
+    assert choose_recipes("cpu", free_gib=80.0, bitsandbytes=True) == ("cpu", "asked for with --recipes")
+    with pytest.raises(ValueError, match="--recipes must be auto or one of"):
+        choose_recipes("a100")
+    assert pop_recipes_flag(["--max_steps", "3", "--recipes=t4"]) == ("t4", ["--max_steps", "3"])
+    assert pop_recipes_flag(["--max_steps", "3"]) == ("auto", ["--max_steps", "3"])
+
+
+@pytest.mark.parametrize("stage", ["pt", "sft", "dpo"])
+def test_the_t4_threshold_covers_the_memory_estimate(stage):
+    """The free memory the demo asks of a GPU before it picks the t4 recipes covers each stage's estimated peak
+    (benchmarks/memory.py on fake tensors, gradient accumulation included) plus 1.5 GiB of CUDA context."""
+    from benchmarks.memory import estimate, recipe_setup
+    from demo.common import T4_RECIPES_GIB
+
+    setup = recipe_setup(stage, f"configs/{stage}_t4_demo.yaml", "1b")
+    assert estimate(setup)["peak"] + 1.5 <= T4_RECIPES_GIB

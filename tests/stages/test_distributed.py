@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -317,3 +318,28 @@ def test_two_processes_train_in_the_precision_of_the_recipe(tmp_path, stage, rec
     assert facts["processes"] == 2 and facts["mixed_precision"] == expected
     assert facts["forward_dtype"] == ("torch.bfloat16" if expected == "bf16" else "torch.float32")
     assert facts["deepspeed"] == ("--config_file" in launcher)
+
+
+@pytest.mark.parametrize("outcome", ["fail", "succeed"])
+def test_a_failure_on_the_main_process_ends_every_process(outcome):
+    """After training, a step only the main process runs (DPO's held-out report) must not leave the others waiting
+    in a barrier when it fails: they learn of it in one collective and end too, within seconds."""
+    script = ROOT / "tests" / "helpers" / "main_process_step.py"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script), outcome],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    out = result.stdout
+    if outcome == "fail":
+        assert result.returncode != 0
+        assert "rank 0: ValueError: the report broke" in out
+        assert "rank 1: RuntimeError: the held-out report failed on the main process" in out
+    else:
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "rank 0: report written" in out and "rank 1: None" in out

@@ -217,3 +217,56 @@ def test_pt_checkpoint_is_raw_mode(memorised):
     from utils.generation import is_chat_checkpoint
 
     assert not is_chat_checkpoint(str(memorised[0] / "pt"))
+
+
+def test_held_out_scoring_follows_the_training_hash_and_says_what_each_figure_is(tmp_path, memorised):
+    """--eval_holdout keeps exactly the documents and conversations training held out (the same hash); chat
+    checkpoints are scored per assistant token in their own template; every metric says what it was measured on and
+    which way is better, in report.md and in metrics.json's _about."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from utils.data.chat import encode_chat
+    from utils.data.parquet import heldout_fraction
+    from utils.data.sft import conversation_text
+    from utils.tokenizer import load_tokenizer
+
+    docs = [f"Document number {i} about the quick brown fox." for i in range(40)]
+    (tmp_path / "pt").mkdir()
+    pq.write_table(pa.table({"text": docs}), tmp_path / "pt" / "a.parquet")
+    held_docs = [d for d in docs if heldout_fraction(d) < 0.3]
+    assert 0 < len(held_docs) < len(docs)
+    assert mini_qwen_eval.read_eval_texts(str(tmp_path / "pt"), 0.3) == held_docs
+    chats = [
+        [{"from": "human", "value": f"Question {i}?"}, {"from": "gpt", "value": f"Answer {i}."}] for i in range(30)
+    ]
+    (tmp_path / "sft").mkdir()
+    pq.write_table(pa.table({"conversations": chats}), tmp_path / "sft" / "a.parquet")
+    held_chats = [c for c in chats if heldout_fraction(conversation_text(c)) < 0.3]
+    got = mini_qwen_eval.read_heldout_conversations(str(tmp_path / "sft"), 0.3)
+    assert [m[0]["content"] for m in got] == [c[0]["value"] for c in held_chats]
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "The quick"}\n', encoding="utf-8")
+    args = EvalArguments(
+        model_name_or_path=[str(memorised[0] / "pt")],
+        prompts=str(prompts),
+        mode="chat",
+        eval_data=str(tmp_path / "pt"),
+        eval_chat_data=str(tmp_path / "sft"),
+        eval_holdout=0.3,
+        output_dir=str(tmp_path / "out"),
+        max_new_tokens=4,
+        block_size=64,
+    )
+    mini_qwen_eval.main(args)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    tokenizer = load_tokenizer(memorised[0] / "pt")
+    supervised = sum(sum(label != -100 for label in encode_chat(tokenizer, m, 64).labels[1:]) for m in got)
+    assert metrics["pt"]["chat_scored_tokens"] == supervised and metrics["pt"]["chat_perplexity"] > 1
+    about = metrics["_about"]
+    assert f"{len(held_docs)} documents of {tmp_path / 'pt'}" in about["perplexity"]
+    assert about["perplexity"].endswith("lower is better") and "higher is better" in about["distinct_2"]
+    assert f"{len(held_chats)} conversations" in about["chat_perplexity"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| measured on, and which way is better |" in report and about["chat_perplexity"] in report

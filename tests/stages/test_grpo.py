@@ -150,7 +150,13 @@ def test_run_records_plots_and_reports(grpo_run, thinking_model):
     assert info["stage"] == "grpo" and info["start_checkpoint"] == str(thinking_model)
     assert info["data"]["kept"] == 240 and info["data"]["heldout"] == 8 and info["data"]["train"] == 232
     assert info["arguments"]["GRPOConfig"]["chat_template_kwargs"] == {"enable_thinking": True}
-    assert (out / "training_curves.png").stat().st_size > 10_000
+    assert (out / "training_curves.png").stat().st_size > 10_000 and (
+        out / "reward_curves.png"
+    ).stat().st_size > 10_000
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    clipped = [h["completions/clipped_ratio"] for h in history if "completions/clipped_ratio" in h]
+    ended = [h["completions/ended_ratio"] for h in history if "completions/ended_ratio" in h]
+    assert len(ended) == len(clipped) == 8 and ended == pytest.approx([1 - c for c in clipped], abs=1e-4)
     report = json.loads((out / "grpo_report.json").read_text())
     assert report["start"]["problems"] == report["grpo"]["problems"] == 8
     for scores in (report["start"], report["grpo"]):

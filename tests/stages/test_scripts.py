@@ -40,6 +40,9 @@ def stub_venv(tmp_path):
         stub.chmod(0o755)
     for file in ("requirements.txt", "requirements/serve.txt", "requirements/export.txt", "requirements/bench.txt"):
         (venv / f".mini_qwen_{Path(file).stem}").write_text((ROOT / file).read_text())  # as if installed
+    (venv / ".mini_qwen_torch").touch()
+    (venv / "share" / "mini_qwen").mkdir(parents=True)
+    (venv / "share" / "mini_qwen" / "qwen.tiktoken").touch()
 
     def run(*args, **env):
         calls.unlink(missing_ok=True)
@@ -61,12 +64,49 @@ def test_help_documents_every_mode_and_refuses_unknown_ones():
     assert bad.returncode == 2 and "unknown mode" in bad.stderr
 
 
-def test_setup_then_each_mode_runs_its_own_command(stub_venv):
+def test_setup_is_silent_and_runs_nothing_when_everything_is_there(stub_venv):
+    out, calls = stub_venv("setup")
+    assert out == "" and calls == []
+
+
+def test_a_stopped_setup_heals_on_the_next_run(stub_venv, tmp_path):
+    """Each step is checked on its own: a setup stopped after the requirements (before the Qwen ranks, or before
+    torch was recorded) does the missing step next time, and only that."""
+    venv = tmp_path / "venv"
+    (venv / "share" / "mini_qwen" / "qwen.tiktoken").unlink()
+    (venv / ".mini_qwen_torch").unlink()
     _, calls = stub_venv("setup")
-    assert calls == [
-        ["python", "-c", "import torch"],
-        ["python", "-m", "tools.make_tokenizer", "--output_dir", "models/Qwen2.5-0.5B-Instruct"],
+    assert calls == [["python", "-c", "import torch"], ["python", "-m", "tools.make_tokenizer", "--fetch_ranks"]]
+    (venv / "share" / "mini_qwen" / "qwen.tiktoken").touch()  # what the real fetch leaves
+    _, calls = stub_venv("setup")
+    assert calls == []
+    # A changed requirements file is installed again (stamp differs), and only then recorded.
+    (venv / ".mini_qwen_requirements").write_text("old\n")
+    _, calls = stub_venv("setup")
+    assert calls == [["python", "-m", "pip", "install", "-q", "-r", "requirements.txt"]]
+    assert (venv / ".mini_qwen_requirements").read_text() == (ROOT / "requirements.txt").read_text()
+
+
+def test_setup_installs_the_gpu_wheels_where_nvidia_smi_finds_a_gpu(stub_venv, tmp_path):
+    """bitsandbytes (8-bit Adam, which the small-GPU recipes need) and liger-kernel install as wheels; flash-attn,
+    a long compile, is not part of it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA T4'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    _, calls = stub_venv("setup", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert calls == [["python", "-m", "pip", "install", "-q", "-r", "requirements/gpu.txt"]]
+    wanted = [
+        line.split("==")[0]
+        for line in (ROOT / "requirements" / "gpu.txt").read_text().splitlines()
+        if line and not line.startswith("#")
     ]
+    assert sorted(wanted) == ["bitsandbytes", "liger-kernel"]
+    _, calls = stub_venv("setup", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert calls == []  # installed once, recorded
+
+
+def test_each_mode_runs_its_own_command(stub_venv):
     expected = {
         ("pt", "--learning_rate", "3e-4"): [
             "mini_qwen_pt.py",
@@ -332,3 +372,27 @@ def test_mini_data_layout_mirrors_real_schemas():
     assert pa.types.is_struct(pq.read_schema(root / "sft/Gen/train-00000-of-00001.parquet").field("label").type)
     dpo = pq.read_table(root / "dpo/train-00000-of-00001.parquet")
     assert {"prompt", "chosen", "rejected", "task_category", "id"} <= set(dpo.column_names) and dpo.num_rows >= 100
+
+
+def test_prepare_runs_in_the_projects_environment_not_whatever_is_on_path(tmp_path, stub_modelscope):
+    """A fresh clone: no modelscope on PATH, python3 without pyarrow. prepare.sh makes (here: finds ready) the
+    project's environment and runs the environment's python and modelscope, for every stage; --help needs nothing."""
+    env, log = stub_modelscope
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (venv / "bin" / "modelscope").write_text(Path(env["MODELSCOPE"]).read_text())
+    for name in ("python", "modelscope"):
+        (venv / "bin" / name).chmod(0o755)
+    for file in ("requirements.txt",):  # setup finds everything in place: it runs nothing
+        (venv / f".mini_qwen_{Path(file).stem}").write_text((ROOT / file).read_text())
+    (venv / ".mini_qwen_torch").touch()
+    (venv / "share" / "mini_qwen").mkdir(parents=True)
+    (venv / "share" / "mini_qwen" / "qwen.tiktoken").touch()
+    bare = {k: v for k, v in env.items() if k not in ("MODELSCOPE", "PYTHON")}
+    bare.update(VENV=str(venv), PATH="/usr/bin:/bin")
+    help_text = sh("prepare.sh", "--help", env={"PATH": "/usr/bin:/bin"}).stdout
+    assert "--stage" in help_text
+    sh("prepare.sh", "--stage", "dpo", "--data_dir", str(tmp_path / "data"), env=bare)
+    assert log.read_text().startswith("download --repo-type dataset BAAI/Infinity-Preference")
+    assert list((tmp_path / "data" / "dpo").rglob("*.parquet"))

@@ -82,8 +82,10 @@ def assert_loads_and_generates(path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def pt_run(tmp_path_factory, small_tokenizer_dir):
+    """The PT run most tests start from: 10% of the documents held out and scored every 10 steps."""
     tmp = tmp_path_factory.mktemp("pt")
-    return tmp, run_pt(tmp, small_tokenizer_dir, MINI_DATA / "pt")
+    held = ["--holdout", "0.1", "--eval_strategy", "steps", "--eval_steps", "10", "--eval_max_blocks", "8"]
+    return tmp, run_pt(tmp, small_tokenizer_dir, MINI_DATA / "pt", *held)
 
 
 def test_pt_trains_on_mini_data(pt_run, small_tokenizer_dir):
@@ -106,6 +108,49 @@ def test_pt_trains_on_mini_data(pt_run, small_tokenizer_dir):
     assert (tmp / "pt" / "training_curves.png").stat().st_size > 1000
     info = json.loads((tmp / "pt" / "run_info.json").read_text())
     assert info["stage"] == "pt" and info["data"]["documents"] >= 200
+
+
+def test_pt_holds_out_documents_and_logs_their_loss(pt_run):
+    """The documents below the hash share never reach a training block; their loss is logged at every eval step and
+    drawn in the loss panel beside the training loss."""
+    from utils.data.parquet import find_parquet_files, heldout_fraction, read_rows
+    from utils.plotting import find_log_history, panel_curves
+
+    tmp, trainer = pt_run
+    texts = [r["text"] for _, _, r in read_rows(find_parquet_files(MINI_DATA / "pt"), ["text"]) if r["text"].strip()]
+    held = [text for text in texts if heldout_fraction(text) < 0.1]
+    assert 0 < len(held) < len(texts) / 5
+    meta = json.loads((tmp / "pt" / "run_info.json").read_text())["data"]
+    assert meta["heldout_documents"] == len(held) and meta["documents"] == len(texts) - len(held)
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [10, 20] and all(math.isfinite(h["eval_loss"]) for h in evals)
+    panels = panel_curves(find_log_history(tmp / "pt"))
+    assert set(panels["loss"]) == {"loss", "eval_loss"}
+
+
+def test_pt_compares_its_loss_with_a_reference_at_the_same_tokens(tmp_path, small_tokenizer_dir, caplog):
+    """A reference curve (here a CSV of our own: tokens, loss) is looked up at the tokens each logged step has seen:
+    one log line per log, the value in the log history, the curve in training_curves.png; a run far above it warns."""
+    reference = tmp_path / "ref.csv"
+    reference.write_text("tokens,loss\n0,5.0\n4096,1.0\n")  # 4 x 64 tokens a step: steps 1-16 inside it
+    caplog.set_level(logging.INFO)
+    trainer = run_pt(
+        tmp_path,
+        small_tokenizer_dir,
+        MINI_DATA / "pt",
+        "--max_steps",
+        "6",
+        "--warmup_steps",
+        "1",
+        "--reference_curve",
+        str(reference),
+    )
+    logged = [h for h in trainer.state.log_history if "reference_loss" in h]
+    assert [h["step"] for h in logged] == [1, 2, 3, 4, 5, 6]
+    assert logged[1]["reference_loss"] == pytest.approx(5.0 - 4.0 * 512 / 4096, abs=1e-4)  # step 2: 512 tokens
+    assert "loss 6.9" in caplog.text and "at 512 tokens; ref had 4.5000 at the same point" in caplog.text
+    # Loss ~6.9 against a reference of ~4: more than 10% above it after warmup, said once.
+    assert caplog.text.count("above ref at the same point") == 1
 
 
 def test_pt_fused_lm_head_matches_plain_loss(tmp_path, small_tokenizer_dir):
@@ -503,3 +548,46 @@ def test_dpo_trains_on_the_rows_we_tokenized(tmp_path, sft_run):
     rows = trainer.train_dataset.to_list()
     assert any(row["chosen_ids"] == ours["chosen_ids"] and row["prompt_ids"] == ours["prompt_ids"] for row in rows)
     assert ours["chosen_ids"].count(tokenizer.eos_token_id) == 1  # the reply's marker text is text
+
+
+def test_the_dpo_report_scores_in_the_inference_dtype_one_model_at_a_time(tmp_path, monkeypatch):
+    """On an Ampere GPU with flash-attention-2 (faked where the decision is taken), the held-out report loads the
+    reference, then the policy, each in bf16 (flash-attn refuses fp32) with the training attention, the first freed
+    before the second is loaded."""
+    import gc
+    import weakref
+
+    import utils.evaluation
+    import utils.train.hardware
+    from benchmarks.engine_probe import HARDWARE
+    from utils.modeling import ModelShapeArguments
+
+    monkeypatch.setattr(utils.train.hardware, "detect_hardware", lambda use_cpu=False: HARDWARE["a100"])
+    loads, alive = [], []
+
+    def load(path, attn, dtype):
+        gc.collect()
+        loads.append((path, attn, dtype, [ref() is not None for ref in alive]))
+        shape = ModelShapeArguments(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            vocab_size=64,
+        )
+        model = build_model(shape, attn_implementation="sdpa")
+        alive.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(utils.evaluation, "load_causal_lm", load)
+    pairs = [{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6, 7, 8]}] * 3
+    report = utils.evaluation.heldout_preference_report(
+        "out/dpo", "out/sft", pairs, 0.1, 64, "flash_attention_2", "cpu"
+    )
+    assert [(path, attn, dtype) for path, attn, dtype, _ in loads] == [
+        ("out/sft", "flash_attention_2", torch.bfloat16),
+        ("out/dpo", "flash_attention_2", torch.bfloat16),
+    ]
+    assert loads[1][3] == [False]  # the reference was gone when the policy was loaded
+    assert report["heldout_pairs"] == 3 and 0 <= report["dpo_prefers_chosen"] <= 1

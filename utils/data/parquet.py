@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 logger = logging.getLogger(__name__)
 
 INVALID_UTF8 = "invalid UTF-8"
+EMPTY_TEXT = "empty or null text"
 
 
 class DataError(ValueError):
@@ -132,6 +133,14 @@ def read_rows(paths: Sequence[Path], columns: Sequence[str]) -> Iterator[tuple[P
         for start, rows in iter_batches(path, columns):
             for offset, record in enumerate(rows):
                 yield path, start + offset, record
+
+
+def heldout_fraction(text: str) -> float:
+    """A number in [0, 1) fixed by the text alone: ``heldout_fraction(t) < share`` holds out a ``share`` of any
+    collection, the same texts in every process, every run and whatever the file order, so training (which
+    leaves them out) and evaluation (which scores only them) agree on what was never trained on."""
+    digest = hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 # Columns that hold ids and labels, not text (what a tokenizer learns from).

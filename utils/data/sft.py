@@ -24,19 +24,33 @@ from datasets.exceptions import DatasetGenerationError
 
 from utils.data.chat import SkipRow, conversation_to_messages, encode_chat
 from utils.data.collate import IGNORE_INDEX
-from utils.data.parquet import INVALID_UTF8, DataError, SkipCounter, files_fingerprint, find_parquet_files, read_rows
+from utils.data.parquet import (
+    INVALID_UTF8,
+    DataError,
+    SkipCounter,
+    files_fingerprint,
+    find_parquet_files,
+    heldout_fraction,
+    read_rows,
+)
 from utils.data.problems import problem_rows, reasoning_messages
 from utils.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 
-SFT_CACHE_VERSION = 2
+SFT_CACHE_VERSION = 3
 
 
 @lru_cache(maxsize=2)
 def _worker_tokenizer(tokenizer_dir: str):
     """One tokenizer per process: datasets calls the generator once per file (shard), and loading costs ~1 s."""
     return load_tokenizer(tokenizer_dir)
+
+
+def conversation_text(conversation: list[dict]) -> str:
+    """What decides whether an Infinity-Instruct conversation is held out (``heldout_fraction``): its turns as the
+    file holds them (speaker and text), before any recipe option such as a default system prompt changes them."""
+    return "\n".join(f"{turn.get('from')}: {turn.get('value')}" for turn in conversation)
 
 
 def _records(path: str, reasoning_dir: str | None) -> Iterator[tuple[int, dict | SkipRow | None, bool]]:
@@ -55,15 +69,16 @@ def _sft_rows(
     tokenizer_dir: str,
     max_length: int | None,
     default_system_prompt: str | None,
+    holdout: float,
     reasoning_dir: str | None = None,
 ):
     """One output row per input row: tokenized, or empty with the reason it is skipped."""
     tokenizer = _worker_tokenizer(tokenizer_dir)
     for path in files:
-        yield from _file_rows(tokenizer, path, max_length, default_system_prompt, reasoning_dir)
+        yield from _file_rows(tokenizer, path, max_length, default_system_prompt, holdout, reasoning_dir)
 
 
-def _file_rows(tokenizer, path: str, max_length: int | None, default_system_prompt: str | None, reasoning_dir):
+def _file_rows(tokenizer, path: str, max_length, default_system_prompt, holdout: float, reasoning_dir):
     """The output rows of one file (see ``_sft_rows``)."""
     for row, record, thinking in _records(path, reasoning_dir):
         try:
@@ -73,10 +88,12 @@ def _file_rows(tokenizer, path: str, max_length: int | None, default_system_prom
                 raise record
             if thinking:
                 messages = reasoning_messages(record)
+                if default_system_prompt:
+                    messages.insert(0, {"role": "system", "content": default_system_prompt})
+                text = f"{record['question']}\n{record['answer']}"
             else:
                 messages = conversation_to_messages(record["conversations"], default_system_prompt)
-            if default_system_prompt and thinking:
-                messages.insert(0, {"role": "system", "content": default_system_prompt})
+                text = conversation_text(record["conversations"])
             encoded = encode_chat(tokenizer, messages, max_length, thinking=thinking)
         except SkipRow as reason:
             yield {
@@ -84,6 +101,7 @@ def _file_rows(tokenizer, path: str, max_length: int | None, default_system_prom
                 "labels": [],
                 "supervised": 0,
                 "truncated": False,
+                "heldout": False,
                 "skip": str(reason),
                 "where": f"{path}, row {row}",
             }
@@ -96,6 +114,7 @@ def _file_rows(tokenizer, path: str, max_length: int | None, default_system_prom
             "labels": encoded.labels,
             "supervised": supervised,
             "truncated": encoded.truncated,
+            "heldout": holdout > 0 and heldout_fraction(text) < holdout,
             "skip": "",
             "where": "",
         }
@@ -109,14 +128,16 @@ def load_sft_dataset(
     num_proc: int = 1,
     cache_dir: str | None = None,
     tokenizer=None,
+    holdout: float = 0.0,
     reasoning_data_dir: str | None = None,
-) -> tuple[Dataset, dict]:
-    """Tokenized conversations (``input_ids``, ``labels``) and a summary of what was kept, skipped and cut.
+) -> tuple[Dataset, Dataset | None, dict]:
+    """Tokenized conversations (``input_ids``, ``labels``) to train on, the held-out ones (a ``holdout`` share chosen
+    by ``heldout_fraction`` of each conversation; None without a share), and a summary of what was kept, held out,
+    skipped and cut. ``num_proc`` processes tokenize the files in parallel (one file is never split).
 
     ``reasoning_data_dir``: math problems with worked solutions (``utils.data.problems``), added as conversations
     rendered with thinking on (the solution in the think block, then the final number), so that the model learns
-    the layout that GRPO's rewards check. ``num_proc`` processes tokenize the files in parallel (one file is never
-    split)."""
+    the layout that GRPO's rewards check."""
     files = [str(p) for p in find_parquet_files(data_dir)]
     logger.info("Found %d parquet files under %s", len(files), data_dir)
     if reasoning_data_dir:
@@ -131,6 +152,7 @@ def load_sft_dataset(
         tokenizer_fingerprint(tokenizer),
         f"{max_length}",
         f"{default_system_prompt}",
+        f"holdout={holdout}",
         *([f"reasoning={reasoning_data_dir}"] if reasoning_data_dir else []),
     )
     gen_kwargs = {
@@ -138,6 +160,7 @@ def load_sft_dataset(
         "tokenizer_dir": tokenizer_dir,
         "max_length": max_length,
         "default_system_prompt": default_system_prompt,
+        "holdout": holdout,
         "reasoning_dir": reasoning_data_dir,
     }
     try:
@@ -173,6 +196,7 @@ def load_sft_dataset(
         "truncated": int(pc.sum(table["truncated"].cast("int64")).as_py() or 0),
         "tokens": int(pc.sum(pc.list_value_length(table["input_ids"])).as_py() or 0),
         "supervised_tokens": int(pc.sum(table["supervised"]).as_py() or 0),
+        "heldout": int(pc.sum(table["heldout"].cast("int64")).as_py() or 0),
     }
     kept = dataset.filter(lambda skip: [not s for s in skip], input_columns="skip", batched=True)
     logger.info(
@@ -183,4 +207,12 @@ def load_sft_dataset(
         summary["truncated"],
         max_length,
     )
-    return kept.remove_columns(["skip", "where", "truncated", "supervised"]), summary
+    kept = kept.remove_columns(["skip", "where", "truncated", "supervised"])
+    if not holdout:
+        return kept.remove_columns("heldout"), None, summary
+    train = kept.filter(lambda held: [not h for h in held], input_columns="heldout", batched=True)
+    heldout = kept.filter(lambda held: held, input_columns="heldout", batched=True)
+    logger.info(
+        "Held out of training: %d conversations (%.1f%%, chosen by a hash of their text)", len(heldout), 100 * holdout
+    )
+    return train.remove_columns("heldout"), heldout.remove_columns("heldout"), summary

@@ -5,38 +5,32 @@ Pipeline (``build_token_cache``):
   offset of every document, cached on disk under a key of the input files and the tokenizer.
   Files are tokenized in parallel, each streamed batch by batch, so memory does not grow with the corpus.
 Rows that cannot be used (null, empty, invalid UTF-8) are skipped and counted per reason in ``meta.json``.
+With ``heldout_share`` > 0, the documents that ``utils.data.parquet.heldout_fraction`` puts below it go to a second,
+held-out stream (``TokenCache.heldout()``), never to the training one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import os
 import shutil
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from utils.bpe import make_fast_encoder
-from utils.data.parquet import INVALID_UTF8, check_text_column, files_fingerprint, iter_batches
-from utils.tokenizer import load_tokenizer, tokenizer_fingerprint
+from utils.data.parquet import check_text_column, files_fingerprint
+from utils.data.tokenize_files import SPLITS, TOKEN_DTYPE, tokenize_files
+from utils.tokenizer import tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
-TOKEN_DTYPE = np.uint32
-
-# Worker state: each process loads the tokenizer once.
-_WORKER: dict = {}
+CACHE_VERSION = 3
 
 
 def group_of(path: Path, data_dir: Path) -> str:
@@ -45,88 +39,41 @@ def group_of(path: Path, data_dir: Path) -> str:
     return "/".join(parts[:2]) if parts else "."
 
 
-def _init_worker(tokenizer: str | PreTrainedTokenizerBase) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if isinstance(tokenizer, str):
-        tokenizer = load_tokenizer(tokenizer)
-    _WORKER["eos"] = tokenizer.eos_token_id
-    _WORKER["engine"], _WORKER["encode"] = make_fast_encoder(tokenizer)
-
-
-def _tokenize_file(job: tuple[str, str]) -> dict:
-    """Tokenize one parquet file into ``<out>.tokens`` (uint32) and ``<out>.lengths.npy`` (int64)."""
-    src, out = job
-    encode, eos = _WORKER["encode"], _WORKER["eos"]
-    rows, n_tokens, n_bytes = 0, 0, 0
-    skipped: Counter[str] = Counter()
-    lengths: list[int] = []
-    with open(out + ".tokens", "wb") as token_file:
-        for _, records in iter_batches(Path(src), ["text"]):
-            rows += len(records)
-            texts = [r["text"] if r is not None else None for r in records]
-            skipped[INVALID_UTF8] += sum(r is None for r in records)
-            good = [t for t in texts if t is not None and t.strip()]
-            skipped["empty or null text"] += sum(r is not None for r in records) - len(good)
-            if not good:
-                continue
-            docs = encode(good)
-            for ids in docs:
-                ids.append(eos)
-            flat = np.fromiter(chain.from_iterable(docs), dtype=TOKEN_DTYPE)
-            flat.tofile(token_file)
-            lengths += [len(ids) for ids in docs]
-            n_tokens += len(flat)
-            n_bytes += sum(len(t.encode("utf-8")) for t in good)
-    np.save(out + ".lengths.npy", np.asarray(lengths, dtype=np.int64))
-    return {
-        "file": src,
-        "rows": rows,
-        "skipped": dict(+skipped),
-        "tokens": n_tokens,
-        "text_bytes": n_bytes,
-        "engine": _WORKER["engine"],
-    }
-
-
 @dataclass
 class TokenCache:
-    """A finished cache: ``tokens`` (flat uint32 memmap) and ``doc_starts`` (int64 offsets)."""
+    """A finished cache: ``tokens`` (flat uint32 memmap) and ``doc_starts`` (int64 offsets) of the training stream,
+    or of the held-out one for ``split="heldout"`` (``heldout()``)."""
 
     path: Path
     meta: dict
+    split: str = "train"
+
+    def _file(self, name: str) -> Path:
+        return self.path / (name if self.split == "train" else f"{self.split}_{name}")
 
     @property
     def tokens(self) -> np.ndarray:
-        if self.meta.get("tokens") == 0:  # numpy cannot map an empty file
+        count = self.meta.get("tokens" if self.split == "train" else f"{self.split}_tokens")
+        if count == 0 or not self._file("tokens.bin").is_file():  # numpy cannot map an empty file
             return np.zeros(0, dtype=TOKEN_DTYPE)
-        return np.memmap(self.path / "tokens.bin", dtype=TOKEN_DTYPE, mode="r")
+        return np.memmap(self._file("tokens.bin"), dtype=TOKEN_DTYPE, mode="r")
 
     @property
     def doc_starts(self) -> np.ndarray:
-        return np.load(self.path / "doc_starts.npy", mmap_mode="r")
+        if not self._file("doc_starts.npy").is_file():
+            return np.zeros(0, dtype=np.int64)
+        return np.load(self._file("doc_starts.npy"), mmap_mode="r")
+
+    def heldout(self) -> TokenCache:
+        """The held-out documents (empty when the cache was built without a held-out share)."""
+        return TokenCache(self.path, self.meta, "heldout")
 
 
-def cache_key(files: Sequence[Path], tokenizer: PreTrainedTokenizerBase) -> str:
-    """The cache folder's name: changes with the files, the tokenizer or this module's format."""
-    return files_fingerprint(files, f"pt-v{CACHE_VERSION}", tokenizer_fingerprint(tokenizer))
-
-
-def _tokenize_all(jobs: list[tuple[str, str]], tokenizer, tokenizer_dir: str, num_proc: int) -> list[dict]:
-    bar = tqdm(total=len(jobs), desc="Tokenizing files", unit="file")
-    results: list[dict] = []
-    if num_proc > 1 and len(jobs) > 1:
-        ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(min(num_proc, len(jobs)), initializer=_init_worker, initargs=(tokenizer_dir,)) as pool:
-            for result in pool.imap(_tokenize_file, jobs):
-                results.append(result)
-                bar.update()
-    else:
-        _init_worker(tokenizer)  # in-process: reuse the tokenizer already loaded
-        for job in jobs:
-            results.append(_tokenize_file(job))
-            bar.update()
-    bar.close()
-    return results
+def cache_key(files: Sequence[Path], tokenizer: PreTrainedTokenizerBase, heldout_share: float = 0.0) -> str:
+    """The cache folder's name: changes with the files, the tokenizer, the held-out share or this module's format."""
+    return files_fingerprint(
+        files, f"pt-v{CACHE_VERSION}", tokenizer_fingerprint(tokenizer), f"heldout={heldout_share}"
+    )
 
 
 def build_token_cache(
@@ -136,12 +83,15 @@ def build_token_cache(
     tokenizer_dir: str,
     cache_dir: str | Path,
     num_proc: int = 1,
+    heldout_share: float = 0.0,
 ) -> TokenCache:
     """Tokenize ``files`` into a cache (or reuse the one with the same key) and log what it holds.
 
     The cache is built in a folder private to this process and renamed into place when complete, so two
     runs sharing ``cache_dir`` never touch each other's work; the first to finish is the one kept."""
-    target = Path(cache_dir) / cache_key(files, tokenizer)
+    if not 0 <= heldout_share < 1:
+        raise ValueError(f"the held-out share must be in [0, 1), got {heldout_share}")
+    target = Path(cache_dir) / cache_key(files, tokenizer, heldout_share)
     if (target / "meta.json").is_file():
         meta = json.loads((target / "meta.json").read_text())
         logger.info(
@@ -155,9 +105,9 @@ def build_token_cache(
     work = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
     try:
         (work / "parts").mkdir()
-        jobs = [(str(f), str(work / "parts" / f"{i:06d}")) for i, f in enumerate(files)]
+        jobs = [(str(f), str(work / "parts" / f"{i:06d}"), heldout_share) for i, f in enumerate(files)]
         start = time.perf_counter()
-        results = _tokenize_all(jobs, tokenizer, tokenizer_dir, num_proc)
+        results = tokenize_files(jobs, tokenizer, tokenizer_dir, num_proc)
         seconds = time.perf_counter() - start
         offset = _concatenate(jobs, work)
         meta = _summarise(results, files, data_dir, offset, seconds)
@@ -181,22 +131,36 @@ def build_token_cache(
     )
     for group, count in meta["tokens_per_group"].items():
         logger.info("  tokens in %-50s %s", group, f"{count:,}")
+    if meta["heldout_documents"]:
+        logger.info(
+            "Held out of training: %s documents, %s tokens (%.1f%% of documents, chosen by a hash of their text)",
+            f"{meta['heldout_documents']:,}",
+            f"{meta['heldout_tokens']:,}",
+            100 * heldout_share,
+        )
     return TokenCache(target, meta)
 
 
-def _concatenate(jobs: list[tuple[str, str]], work: Path) -> int:
-    """The parts in file order into ``tokens.bin``, streaming; lengths into document start offsets."""
-    doc_starts, offset = [], 0
-    with open(work / "tokens.bin", "wb") as out:
-        for _, part in jobs:
-            with open(part + ".tokens", "rb") as src:
-                shutil.copyfileobj(src, out, length=16 << 20)
-            lengths = np.load(part + ".lengths.npy")
-            doc_starts.append(offset + np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else lengths)
-            offset += int(lengths.sum())
-    np.save(work / "doc_starts.npy", np.concatenate(doc_starts).astype(np.int64) if doc_starts else np.zeros(0))
+def _concatenate(jobs: list[tuple[str, str, float]], work: Path) -> int:
+    """The parts in file order into each split's token file, streaming; lengths into document start offsets.
+    Returns the training stream's token count."""
+    totals = {}
+    for split in SPLITS:
+        prefix = "" if split == "train" else f"{split}_"
+        doc_starts, offset = [], 0
+        with open(work / f"{prefix}tokens.bin", "wb") as out:
+            for _, part, _ in jobs:
+                with open(f"{part}.{split}.tokens", "rb") as src:
+                    shutil.copyfileobj(src, out, length=16 << 20)
+                lengths = np.load(f"{part}.{split}.lengths.npy")
+                starts = offset + np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else lengths
+                doc_starts.append(starts)
+                offset += int(lengths.sum())
+        starts = np.concatenate(doc_starts).astype(np.int64) if doc_starts else np.zeros(0, dtype=np.int64)
+        np.save(work / f"{prefix}doc_starts.npy", starts)
+        totals[split] = offset
     shutil.rmtree(work / "parts")
-    return offset
+    return totals["train"]
 
 
 def _summarise(results: list[dict], files, data_dir, tokens: int, seconds: float) -> dict:
@@ -206,12 +170,15 @@ def _summarise(results: list[dict], files, data_dir, tokens: int, seconds: float
         per_group[group_of(Path(result["file"]), Path(data_dir))] += result["tokens"]
         skipped.update(result["skipped"])
     rows = sum(r["rows"] for r in results)
+    heldout_documents = sum(r["heldout_documents"] for r in results)
     return {
         "files": [str(f) for f in files],
         "rows": rows,
         "skipped": dict(skipped),
-        "documents": rows - sum(skipped.values()),
+        "documents": rows - sum(skipped.values()) - heldout_documents,
         "tokens": tokens,
+        "heldout_documents": heldout_documents,
+        "heldout_tokens": sum(r["heldout_tokens"] for r in results),
         "text_bytes": sum(r["text_bytes"] for r in results),
         "tokens_per_group": dict(sorted(per_group.items())),
         "engine": results[0]["engine"] if results else "none",

@@ -145,3 +145,71 @@ class RealTokenShareCallback(TrainerCallback):
             state.log_history.append({"real_token_share": round(share, 4), "step": state.global_step})
             if state.is_world_process_zero:
                 logger.info("step %d: real-token share %.1f%%", state.global_step, 100 * share)
+
+
+class ReferenceCurveCallback(TrainerCallback):
+    """Every logged loss next to a reference run's at the same point (tokens or pairs seen, ``utils.reference``):
+    one log line, a ``reference_loss`` entry in the log history, and one warning, once, when the run is clearly
+    off: more than ``tolerance`` above the reference after warmup, or the loss rising for ``rising`` logs in a row."""
+
+    def __init__(self, reference, per_step: float, tolerance: float = 0.10, rising: int = 10) -> None:
+        self.reference, self.per_step = reference, per_step
+        self.tolerance, self.rising = tolerance, rising
+        self.losses: list[float] = []
+        self.said_outside = self.warned = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is None or not state.is_world_process_zero or not math.isfinite(loss):
+            return
+        seen = state.global_step * self.per_step
+        expected = self.reference.loss_at(seen)
+        unit, name = self.reference.unit, self.reference.label
+        if expected is None:
+            if not self.said_outside:
+                self.said_outside = True
+                logger.info(
+                    "step %d: loss %.4f at %s %s; %s covers %s to %s %s, no comparison here",
+                    state.global_step,
+                    loss,
+                    f"{seen:,.0f}",
+                    unit,
+                    name,
+                    f"{self.reference.seen[0]:,.0f}",
+                    f"{self.reference.seen[-1]:,.0f}",
+                    unit,
+                )
+        else:
+            state.log_history.append({"reference_loss": round(expected, 4), "step": state.global_step})
+            logger.info(
+                "step %d: loss %.4f at %s %s; %s had %.4f at the same point",
+                state.global_step,
+                loss,
+                f"{seen:,.0f}",
+                unit,
+                name,
+                expected,
+            )
+        self.losses.append(loss)
+        warmed_up = state.global_step > args.get_warmup_steps(state.max_steps)
+        if self.warned:
+            return
+        if expected is not None and warmed_up and loss > expected * (1 + self.tolerance):
+            self.warned = True
+            logger.warning(
+                "The loss (%.4f) is %.0f%% above %s at the same point (%.4f), after warmup: check the "
+                "learning rate, the batch and the data before spending more compute",
+                loss,
+                100 * (loss / expected - 1),
+                name,
+                expected,
+            )
+        recent = self.losses[-(self.rising + 1) :]
+        if len(recent) > self.rising and all(b > a for a, b in zip(recent, recent[1:])):
+            self.warned = True
+            logger.warning(
+                "The loss rose at each of the last %d logs (%.4f -> %.4f): the run may be diverging",
+                self.rising,
+                recent[0],
+                recent[-1],
+            )

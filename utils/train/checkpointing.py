@@ -50,6 +50,7 @@ RESUMABLE_CHANGES = {
     "output_dir",
     "cache_dir",
     "settled_notes",
+    "reference_curve",
 }
 
 

@@ -9,6 +9,7 @@ dataclasses built (``utils.train.args.parse_args``).
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import os
@@ -93,7 +94,7 @@ def select_attn_implementation(requested: str, hardware: Hardware) -> tuple[str,
     if not hardware.cuda:
         return "sdpa", "no CUDA GPU"
     if not installed("flash_attn"):
-        return "sdpa", "flash-attn is not installed: requirements/gpu.txt, or try flex_attention"
+        return "sdpa", "flash-attn is not installed: requirements/flash_attn.txt, or try flex_attention"
     return "sdpa", "FlashAttention-2 needs an Ampere or newer GPU"
 
 
@@ -188,10 +189,19 @@ def settle_hardware(ns, hardware: Hardware, world_size: int) -> Settled:
             values["liger_kernel_config"] = {**config, "fused_linear_cross_entropy": False}
     optim = str(getattr(ns.optim, "value", ns.optim))
     if "bnb" in optim and not installed("bitsandbytes"):
+        if hardware.cuda:
+            # On a GPU the 8-bit state is what makes the recipe fit: fp32 Adam needs 4x its memory (a T4 recipe
+            # would run out of memory after minutes of loading), so stop now and say how to get it.
+            raise ValueError(
+                f"optim {optim} needs bitsandbytes, which is not installed: pip install -r "
+                "requirements/gpu.txt (bash run.sh setup does it on a CUDA machine), or choose another "
+                "--optim and the memory it needs"
+            )
         notes.append(
             (
                 logging.WARNING,
-                f"optim {optim}: bitsandbytes is not installed, using adamw_torch (4x the optimizer memory)",
+                f"optim {optim}: bitsandbytes is not installed and there is no GPU, using "
+                "adamw_torch (4x the optimizer memory)",
             )
         )
         values["optim"] = "adamw_torch"
@@ -216,6 +226,13 @@ def export_launcher_precision(precision: str) -> None:
 
 def torch_dtype_for(precision: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def release_cached_memory() -> None:
+    """Give freed tensors back: collect the garbage, then empty CUDA's cache so the next model can use it."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def resolve_device(device: str) -> str:

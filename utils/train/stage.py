@@ -10,7 +10,6 @@ import signal
 import time
 from pathlib import Path
 
-import torch
 import transformers
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
@@ -18,12 +17,14 @@ from utils import REPO_ROOT
 from utils.generation import SAMPLE_PROMPTS, build_generation_config, default_generation_config, generate
 from utils.modeling import count_parameters, use_fused_lm_head
 from utils.plotting import plot_loss
+from utils.reference import load_reference
 from utils.run_info import flat_arguments, write_run_info
 from utils.train.callbacks import (
     EXIT_SIGNALLED,
     CheckpointCallback,
     GracefulStopCallback,
     NonFiniteLossCallback,
+    ReferenceCurveCallback,
     TimedCheckpointCallback,
 )
 from utils.train.checkpointing import (
@@ -37,6 +38,7 @@ from utils.train.checkpointing import (
     remove_incomplete,
 )
 from utils.train.portable import make_portable
+from utils.train.processes import finish
 
 logger = logging.getLogger(__name__)
 # Every module logs under its own name (``logging.getLogger(__name__)``): these are the project's top-level names,
@@ -131,20 +133,14 @@ def resolve_resume(script_args, args: TrainingArguments, arguments: dict) -> str
     return str(path)
 
 
-def finish(trainer) -> None:
-    """Let every process reach the end before any exits, then close the process group.
-
-    Without this a non-main process can exit while the main one still writes the final files, and
-    the collective threads it leaves behind abort at interpreter exit (seen with ZeRO-3 on CPU).
-    """
-    trainer.accelerator.wait_for_everyone()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def train_and_save(trainer, tokenizer, stage: str, script_args, **run_facts) -> None:
+def train_and_save(
+    trainer, tokenizer, stage: str, script_args, seen_per_step: dict | None = None, **run_facts
+) -> None:
     """Check the output dir and disk, record the run, train (resuming if asked; saving on SIGTERM and
-    every ``save_every_minutes``), stop on divergence, save the final model."""
+    every ``save_every_minutes``), stop on divergence, save the final model.
+
+    ``seen_per_step``: what one optimizer step trains on, ``{"tokens": n}`` or ``{"pairs": n}``, for the comparison
+    with a ``reference_curve``."""
     args = trainer.args
     arguments = flat_arguments(script_args, args)
     if script_args.overwrite_output_dir and trainer.is_world_process_zero():
@@ -165,6 +161,15 @@ def train_and_save(trainer, tokenizer, stage: str, script_args, **run_facts) -> 
         trainer.add_callback(callback)
     if script_args.save_every_minutes:
         trainer.add_callback(TimedCheckpointCallback(script_args.save_every_minutes))
+    if script_args.reference_curve:
+        reference = load_reference(script_args.reference_curve)
+        per_step = (seen_per_step or {}).get(reference.unit)
+        if per_step is None:
+            raise SystemExit(
+                f"reference_curve {script_args.reference_curve} counts {reference.unit}; a {stage} run "
+                f"counts {', '.join(seen_per_step or {}) or 'neither'}: choose another reference"
+            )
+        trainer.add_callback(ReferenceCurveCallback(reference, per_step))
     try:
         trainer.train(resume_from_checkpoint=resume)
     except OSError as err:

@@ -14,6 +14,7 @@ from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from utils.reference import load_reference
 from utils.train.hardware import (
     ATTENTION_CHOICES,
     PRECISIONS,
@@ -62,6 +63,14 @@ class StageArguments:
         metadata={
             "help": "auto (bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU), bf16, fp16, fp32.",
             "choices": list(PRECISIONS),
+        },
+    )
+    reference_curve: str | None = field(
+        default=None,
+        metadata={
+            "help": "Compare the loss with a reference run at the same point (tokens or pairs seen): upstream_pt, "
+            "upstream_dpo (upstream mini_qwen's logs, mini_data/reference) or a CSV with tokens/pairs and loss "
+            "columns. Logged at every logging step, drawn in training_curves.png, with a warning when clearly off."
         },
     )
     settled_notes: list = field(default_factory=list, init=False, repr=False)
@@ -116,5 +125,18 @@ def check_training_values(ns: Namespace) -> None:
     model_kwargs = getattr(ns, "model_init_kwargs", None) or {}
     if isinstance(model_kwargs, str):  # a JSON string on the command line
         model_kwargs = json.loads(model_kwargs)
+    if ns.reference_curve:
+        load_reference(ns.reference_curve)  # a name or file that cannot be read fails now, not after the first log
     if getattr(ns, "trust_remote_code", False) or model_kwargs.get("trust_remote_code"):
         raise ValueError("trust_remote_code is refused: mini_qwen never runs code that comes with a checkpoint")
+
+
+def check_holdout(ns: Namespace) -> None:
+    """A held-out share (PT documents, SFT conversations) is a share, and evaluating needs one."""
+    if not 0 <= ns.holdout < 1:
+        raise ValueError(f"holdout is a share of the data in [0, 1), got {ns.holdout}")
+    if str(getattr(ns.eval_strategy, "value", ns.eval_strategy)) != "no" and not ns.holdout:
+        raise ValueError(
+            "eval_strategy asks for evaluations but holdout is 0: nothing is held out to evaluate on; "
+            "set holdout (e.g. 0.01) or eval_strategy no"
+        )

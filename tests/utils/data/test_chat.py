@@ -77,7 +77,9 @@ def test_conversation_conversion_and_skips():
 
 
 def test_bundled_sft_data_skips_are_counted(tmp_path, qwen_tokenizer_dir):
-    dataset, summary = load_sft_dataset(str(MINI_DATA / "sft"), str(qwen_tokenizer_dir), 1024, cache_dir=str(tmp_path))
+    dataset, _, summary = load_sft_dataset(
+        str(MINI_DATA / "sft"), str(qwen_tokenizer_dir), 1024, cache_dir=str(tmp_path)
+    )
     assert summary["skipped"] == {
         "empty conversation": 1,
         "does not end with an assistant turn": 1,
@@ -93,7 +95,7 @@ def test_real_7m_and_gen_load_together(tmp_path, qwen_tokenizer_dir, qwen_tokeni
     for sub in ("7M", "Gen"):
         for path in (REAL_SAMPLES / "sft" / sub).glob("*.parquet"):
             rows += pq.read_table(path, columns=["conversations"]).column(0).to_pylist()
-    dataset, summary = load_sft_dataset(
+    dataset, _, summary = load_sft_dataset(
         str(REAL_SAMPLES / "sft"), str(qwen_tokenizer_dir), max_length=None, cache_dir=str(tmp_path)
     )
     assert summary["rows"] == len(rows) == 200 and summary["kept"] == len(dataset) == 200

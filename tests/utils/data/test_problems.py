@@ -114,10 +114,10 @@ def test_reasoning_messages_from_worked_solutions():
 def test_sft_mixes_reasoning_conversations(tmp_path, qwen_tokenizer_dir, qwen_tokenizer):
     """--reasoning_data_dir adds one thinking conversation per problem, labelled from the reasoning to <|im_end|>
     (the "<think>" that opens it belongs to the prompt)."""
-    plain, plain_summary = load_sft_dataset(
+    plain, _, plain_summary = load_sft_dataset(
         str(MINI_DATA / "sft"), str(qwen_tokenizer_dir), 1024, cache_dir=str(tmp_path)
     )
-    mixed, summary = load_sft_dataset(
+    mixed, _, summary = load_sft_dataset(
         str(MINI_DATA / "sft"),
         str(qwen_tokenizer_dir),
         1024,

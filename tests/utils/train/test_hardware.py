@@ -139,3 +139,14 @@ def test_the_engine_trains_in_the_precision_of_the_recipe(tmp_path, stage, recip
     assert facts["mixed_precision"] == expected
     assert facts["precision"] == {"no": "fp32"}.get(expected, expected)
     assert facts["forward_dtype"] == ("torch.bfloat16" if expected == "bf16" else "torch.float32")
+
+
+def test_a_recipe_that_needs_8bit_adam_refuses_a_gpu_without_bitsandbytes(monkeypatch):
+    """On a GPU, fp32 Adam in place of the 8-bit one needs 4x its memory (the T4 recipes would run out of it after
+    loading): refused with the install command. On a CPU, where memory is not the limit, it falls back with a line."""
+    import utils.train.hardware as hardware
+
+    monkeypatch.setattr(hardware, "installed", lambda name: False)
+    with pytest.raises(ValueError, match=r"needs bitsandbytes.*pip install -r requirements/gpu.txt"):
+        settle_hardware(raw_values(optim="adamw_bnb_8bit"), T4, 1)
+    assert settle_hardware(raw_values(optim="adamw_bnb_8bit"), CPU, 1).values["optim"] == "adamw_torch"
