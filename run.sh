@@ -6,7 +6,7 @@
 #                                    # CUDA GPU with 14 GiB free and bitsandbytes; cpu elsewhere)
 #   bash run.sh demo --with_grpo     # the tiny chain, its SFT with worked solutions, then GRPO with a thinking model
 #   bash run.sh test                 # the test suite (what CI runs)
-#   bash run.sh plan [pt|sft|dpo|all] [--num_gpus N] [--gpu h100|h800|a100|4090|t4|...] [recipe flags]
+#   bash run.sh plan [pt|sft|dpo|grpo|all] [--num_gpus N] [--gpu h100|h800|a100|4090|t4|...] [recipe flags]
 #                                    # what a run needs before it starts: data, steps, disk, GPU memory, time
 #   bash run.sh gpu-check            # the first thing on a new GPU machine: precision, attention, tokens/s, MFU,
 #                                    # peak memory per stage, measured (benchmarks/gpu_check.sh)
