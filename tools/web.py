@@ -6,11 +6,20 @@
 Answers stream in through the ``openai`` client; the conversation so far goes with every question; a settings
 panel holds the system prompt and the sampling controls (temperature 0 = greedy), whose defaults are
 ``utils.generation.SAMPLING_DEFAULTS``, the ones every checkpoint trained here carries. Labels are Chinese and
-English. Nothing is fetched from the internet: analytics are off and the theme's fonts are served by Gradio.
+English. Nothing is fetched from the internet: analytics are off and the theme's fonts are served by Gradio. A server
+started with an API key gets it from ``--api_key`` or ``$MINI_QWEN_API_KEY``.
+
+Answers are shown as plain text, line breaks kept. A model's answer is text someone else may have steered (a
+prompt injection in a pasted document), and Gradio's chat renders HTML: with Markdown off it still sets the text as
+HTML after a sanitizer that keeps forms, password fields and images, so an answer could put a fake sign-in form on
+the page or make the browser fetch a URL that carries data out. With Markdown on, images, LaTeX and Mermaid
+diagrams fetch and draw more. So each answer is HTML-escaped before it is shown (``as_shown``), Markdown, LaTeX and
+Mermaid are off, and the escaping is undone when the history goes back to the model (``build_messages``).
 """
 
 from __future__ import annotations
 
+import html
 import os
 import sys
 from dataclasses import dataclass, field
@@ -39,6 +48,9 @@ LABELS = {
     "server_error": "⚠️ 模型服务出错 / Model server error",
 }
 NOTE_PREFIX = "⚠️"  # the page's own notes in the chat, which are not part of the conversation
+API_KEY_ENV = "MINI_QWEN_API_KEY"  # the server's variable (tools.serve)
+# Answers are escaped text: keep their line breaks and spaces as written.
+CSS = "#chatbot .message .md { white-space: pre-wrap; }"
 
 
 @dataclass
@@ -55,8 +67,12 @@ class WebArguments:
     top_p: float | None = field(default=None, metadata={"help": "Initial top-p (default: SAMPLING_DEFAULTS)."})
     max_new_tokens: int = field(default=512, metadata={"help": "Initial answer length limit, in tokens."})
     timeout: float = field(default=120.0, metadata={"help": "Seconds to wait for the server per request."})
+    api_key: str | None = field(
+        default=None, metadata={"help": f"The server's API key (default: ${API_KEY_ENV}; none: the server has none)."}
+    )
 
     def __post_init__(self):
+        self.api_key = self.api_key or os.environ.get(API_KEY_ENV) or None
         if self.temperature is None or self.top_p is None:
             from utils.generation import SAMPLING_DEFAULTS  # imports torch: about 3 s
 
@@ -75,9 +91,14 @@ def content_text(content) -> str:
     return ""
 
 
+def as_shown(text: str) -> str:
+    """Model text as the page shows it: HTML-escaped, so that the browser draws it as the characters it is."""
+    return html.escape(text, quote=False)
+
+
 def build_messages(message: str, history: list, system_prompt: str = "") -> list[dict]:
     """OpenAI messages: the system prompt (if any), Gradio's history (``[{"role", "content"}, ...]``) without the
-    page's own notes, then the new message."""
+    page's own notes and with the answers as the model wrote them (``as_shown`` undone), then the new message."""
     messages = [{"role": "system", "content": system_prompt.strip()}] if system_prompt.strip() else []
     for turn in history or []:
         role = turn.get("role") if isinstance(turn, dict) else None
@@ -86,7 +107,7 @@ def build_messages(message: str, history: list, system_prompt: str = "") -> list
         text = content_text(turn.get("content"))
         if role == "assistant" and text.startswith(NOTE_PREFIX):
             continue
-        messages.append({"role": role, "content": text})
+        messages.append({"role": role, "content": html.unescape(text) if role == "assistant" else text})
     return [*messages, {"role": "user", "content": message}]
 
 
@@ -95,7 +116,7 @@ def build_demo(args: WebArguments):
     import gradio as gr
     import openai
 
-    client = openai.OpenAI(base_url=args.base_url, api_key="none", timeout=args.timeout, max_retries=0)
+    client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key or "none", timeout=args.timeout, max_retries=0)
     chosen = {"model": args.model}
 
     def respond(message: str, history: list, system_prompt: str, temperature: float, top_p: float, max_tokens: int):
@@ -113,19 +134,28 @@ def build_demo(args: WebArguments):
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     text += chunk.choices[0].delta.content
-                    yield text
+                    yield as_shown(text)
             if not text:
                 yield LABELS["empty"]
         except openai.APIConnectionError:
-            yield f"{LABELS['no_server']}: {args.base_url}"
-        except openai.APIStatusError as err:
-            yield f"{LABELS['server_error']} {err.status_code}: {err.message}"
+            yield as_shown(f"{LABELS['no_server']}: {args.base_url}")
+        except openai.APIError as err:  # a refusal (APIStatusError), or an error event in the stream
+            status = getattr(err, "status_code", None)
+            yield as_shown(f"{LABELS['server_error']}{f' {status}' if status else ''}: {err.message}")
 
     # Made outside any Blocks, so ChatInterface lays them out itself: chat, input box, then the settings panel
     # (inside a `with gr.Blocks()` they would render where they are made, above the chat).
     return gr.ChatInterface(
         respond,
-        chatbot=gr.Chatbot(height=420, elem_id="chatbot", label=LABELS["title"]),
+        chatbot=gr.Chatbot(
+            height=420,
+            elem_id="chatbot",
+            label=LABELS["title"],
+            render_markdown=False,
+            sanitize_html=True,
+            latex_delimiters=[],
+            allow_tags=False,
+        ),
         textbox=gr.Textbox(
             placeholder=LABELS["placeholder"], elem_id="chat-input", submit_btn=LABELS["send"], stop_btn=LABELS["stop"]
         ),
@@ -149,7 +179,13 @@ def main(args: WebArguments) -> int:
     print(f"web page: http://{args.host}:{args.port}/  (model server: {args.base_url})", flush=True)
     try:
         demo.queue().launch(
-            server_name=args.host, server_port=args.port, share=False, inbrowser=False, show_error=True, quiet=True
+            server_name=args.host,
+            server_port=args.port,
+            share=False,
+            inbrowser=False,
+            show_error=True,
+            quiet=True,
+            css=CSS,
         )
     except KeyboardInterrupt:  # a Ctrl-C before Gradio waits (and handles it itself) still ends quietly
         demo.close()

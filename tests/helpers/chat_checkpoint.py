@@ -1,9 +1,14 @@
 """A tiny chat checkpoint for the serving tests, and the child processes (server, web page) they start.
 
 ``make_chat_checkpoint`` trains a tiny Qwen2 for a few dozen steps to answer every chat with ``ANSWER`` and stop;
-it is saved the way the stages save (``default_generation_config``, ``make_portable``, ``run_info.json``).
+it is saved the way the stages save (``default_generation_config``, ``make_portable``, ``run_info.json`` with the
+``max_length`` SFT trained at, ``TRAINED_LENGTH``, which the server takes as its context limit).
 ``make_endless_checkpoint`` is a copy whose ``generation_config.json`` suppresses the end tokens: it runs on to
 ``max_tokens``, so a streamed answer visibly grows.
+
+Servers: ``chat_server`` serves the chat checkpoint with the default settings; ``guarded_server`` serves the endless
+one with an API key, an extra allowed host, one waiting place, a 2-second time limit per answer and a 2-second read
+timeout, so that the protections show in seconds.
 
 The fixtures are loaded with ``pytest_plugins``, so one server serves both test files. PYTEST_DONT_REWRITE: the
 test modules import this module before ``pytest_plugins`` registers it (and it holds no asserts to rewrite).
@@ -21,6 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,6 +42,9 @@ from utils.tokenizer import load_tokenizer
 from utils.train.portable import make_portable
 
 ANSWER = "Hello!"
+TRAINED_LENGTH = 128  # the max_length recorded in run_info.json, as SFT records its own
+API_KEY = "test-key-0123"
+ALLOWED_HOST = "mini.example"
 CHATS = [
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ANSWER}],
     [
@@ -106,8 +115,15 @@ def make_chat_checkpoint(tokenizer_dir: str | Path, out: str | Path, steps: int 
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     make_portable(out)
-    write_run_info(out, "sft")
+    write_run_info(out, "sft", SftLength())
     return out
+
+
+@dataclass
+class SftLength:
+    """The argument that SFT's run_info.json records for the sequence length it trained at."""
+
+    max_length: int = TRAINED_LENGTH
 
 
 def make_endless_checkpoint(chat_checkpoint: Path, out: str | Path) -> Path:
@@ -149,12 +165,16 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
 class Child:
     """A ``python -m <module>`` child whose output goes to ``log``; ``wait_ready`` waits for a 200 from a URL."""
 
-    def __init__(self, module: str, args: list[str], log: Path):
+    def __init__(self, module: str, args: list[str], log: Path, env: dict | None = None):
         self.log = log
         self._log = open(log, "wb")
         self.started = time.perf_counter()
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", module, *args], stdout=self._log, stderr=subprocess.STDOUT, env=CHILD_ENV, cwd=ROOT
+            [sys.executable, "-m", module, *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**CHILD_ENV, **(env or {})},
+            cwd=ROOT,
         )
 
     def wait_ready(self, url: str, timeout: float = 120.0) -> float:
@@ -189,10 +209,10 @@ class Child:
         return self.popen.returncode
 
 
-def start_server(checkpoint: Path, log: Path, *extra: str) -> tuple[Child, str]:
+def start_server(checkpoint: Path, log: Path, *extra: str, env: dict | None = None) -> tuple[Child, str]:
     """``python -m tools.serve`` on a free port, ready; returns the child and its base URL."""
     (port,) = free_ports(1)
-    server = Child("tools.serve", ["--model_name_or_path", str(checkpoint), "--port", str(port), *extra], log)
+    server = Child("tools.serve", ["--model_name_or_path", str(checkpoint), "--port", str(port), *extra], log, env)
     server.wait_ready(f"http://127.0.0.1:{port}/health")
     return server, f"http://127.0.0.1:{port}/v1"
 
@@ -209,5 +229,23 @@ def chat_server(chat_checkpoint, tmp_path_factory):
     server, base_url = start_server(
         chat_checkpoint, tmp_path_factory.mktemp("serve") / "serve.log", "--served_model_name", "mini"
     )
+    yield server, base_url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def endless_checkpoint(chat_checkpoint, tmp_path_factory) -> Path:
+    return make_endless_checkpoint(chat_checkpoint, tmp_path_factory.mktemp("serve") / "endless")
+
+
+@pytest.fixture(scope="module")
+def guarded_server(endless_checkpoint, tmp_path_factory):
+    """The endless checkpoint served with an API key (from the environment), ``ALLOWED_HOST``, a context of 2048
+    tokens, one waiting place, 2 s per answer and a 2 s read timeout: yields ``(child, base_url)``."""
+    pytest.importorskip("uvicorn", reason="requirements/serve.txt is not installed")
+    flags = ["--allowed_hosts", ALLOWED_HOST, "--context_limit", "2048", "--max_waiting", "1"]
+    flags += ["--request_timeout", "2", "--read_timeout", "2", "--shutdown_timeout", "1"]
+    log = tmp_path_factory.mktemp("serve") / "guarded.log"
+    server, base_url = start_server(endless_checkpoint, log, *flags, env={"MINI_QWEN_API_KEY": API_KEY})
     yield server, base_url
     server.stop()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import signal
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ import pytest
 from tests.helpers.chat_checkpoint import ANSWER, Child, free_ports, http_status, make_endless_checkpoint
 from tools.chat_launcher import ChatLauncherArguments, slider_defaults
 from tools.chat_launcher import main as launcher_main
-from tools.web import LABELS, WebArguments, build_demo, build_messages
+from tools.web import LABELS, WebArguments, as_shown, build_demo, build_messages
 
 pytest_plugins = ["tests.helpers.chat_checkpoint"]
 pytest.importorskip("gradio", reason="requirements/serve.txt is not installed")
@@ -46,7 +48,8 @@ CHROME_FLAGS = [
     "--disable-quic",
     "--window-size=1200,1000",
 ]
-ENDLESS_TOKENS = 200  # the launcher's default answer length; the endless checkpoint always runs to it
+# The launcher's default answer length, within the 128-token context; the endless checkpoint always runs to it.
+ENDLESS_TOKENS = 100
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -63,6 +66,17 @@ def test_history_becomes_openai_messages():
         {"role": "user", "content": "How are you?"},
     ]
     assert build_messages("Hi", [], "") == [{"role": "user", "content": "Hi"}]
+
+
+def test_answers_are_shown_escaped_and_go_back_as_written():
+    written = "<b>a</b> &amp; 1 < 2 &lt;\n  x"
+    shown = as_shown(written)
+    assert shown == "&lt;b&gt;a&lt;/b&gt; &amp;amp; 1 &lt; 2 &amp;lt;\n  x"
+    history = [{"role": "user", "content": "<i>typed</i>"}, {"role": "assistant", "content": shown}]
+    assert build_messages("Hi", history)[:2] == [
+        {"role": "user", "content": "<i>typed</i>"},
+        {"role": "assistant", "content": written},
+    ]
 
 
 def test_sliders_start_at_the_checkpoints_sampling_defaults():
@@ -219,6 +233,105 @@ def test_the_page_in_a_browser_streams_answers_and_keeps_the_history(launched, b
     }
     assert not [u for u in requested if u.startswith("http") and not u.startswith("http://127.0.0.1")]
     print(f"first answer grew over {len(first)} reads: {lengths[:5]} ... {lengths[-1]} characters")
+
+
+# What a prompt-injected answer could hold to send data out of the page: a form asking for a password, a Markdown
+# image and an HTML image that the browser would fetch (their URLs carry the "stolen" data), a LaTeX image.
+HOSTILE = (
+    "Your session expired. Sign in again:\n"
+    "<form action='{leak}/form'><input type='password' name='p'><button>OK</button></form>\n"
+    "![chart]({leak}/markdown-image.png?secret=42)\n"
+    "<img src='{leak}/html-image.png?secret=42'>\n"
+    "$$\\includegraphics{{{leak}/latex.png}}$$ & **bold** <b>done</b>"
+)
+
+
+class FakeModelServer(ThreadingHTTPServer):
+    """An OpenAI chat API that streams ``answer`` to every request, and counts every other request it gets (the
+    page must never make the browser fetch anything from it)."""
+
+    def __init__(self, answer: str):
+        self.fetched: list[str] = []
+        self.answer_template = answer
+        super().__init__(("127.0.0.1", 0), FakeModelHandler)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    @property
+    def answer(self) -> str:
+        return self.answer_template.format(leak=f"{self.base_url}/leak")
+
+
+class FakeModelHandler(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path != "/v1/chat/completions":
+            return self.do_GET()
+        answer = self.server.answer
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        base = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "fake"}
+        for piece in (answer[: len(answer) // 2], answer[len(answer) // 2 :]):
+            choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+            self.wfile.write(f"data: {json.dumps({**base, 'choices': [choice]})}\n\n".encode())
+        choice = {"index": 0, "delta": {}, "finish_reason": "stop"}
+        self.wfile.write(f"data: {json.dumps({**base, 'choices': [choice]})}\n\ndata: [DONE]\n\n".encode())
+
+    def do_GET(self):  # noqa: N802
+        self.server.fetched.append(self.path)
+        self.send_response(404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hostile_page(tmp_path):
+    """The page on a fake model server whose every answer is ``HOSTILE``: yields ``(fake_server, page_url)``."""
+    fake = FakeModelServer(HOSTILE)
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    (port,) = free_ports(1)
+    page = Child(
+        "tools.web",
+        ["--base_url", f"{fake.base_url}/v1", "--model", "fake", "--port", str(port)],
+        tmp_path / "web.log",
+    )
+    page.wait_ready(f"http://127.0.0.1:{port}/")
+    yield fake, f"http://127.0.0.1:{port}/"
+    page.stop()
+    fake.shutdown()
+
+
+# Everything in the bot's messages that a browser would submit, fetch or run.
+ACTIVE_ELEMENTS = """return [...document.querySelectorAll('#chatbot .message.bot .md')].flatMap(m =>
+    [...m.querySelectorAll('form, input, button, img, iframe, object, embed, a[href], [src], [style]')]
+    .map(e => e.outerHTML.slice(0, 80)))"""
+
+
+@needs_browser
+def test_an_answer_is_shown_as_text_never_as_html(hostile_page, browser):
+    """A prompt-injected answer cannot put a password form on the page or make the browser fetch a URL."""
+    from selenium.webdriver.common.by import By
+
+    fake, page_url = hostile_page
+    browser.get(page_url)
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#chat-input textarea"))
+    shown = send_and_watch(browser, "Hi", answers_before=0)[-1]
+    time.sleep(1)  # time for any image the page would load
+    active = browser.execute_script(ACTIVE_ELEMENTS)
+    print("active elements in the answer:", active)
+    assert active == []
+    assert shown == fake.answer.strip()  # every character as the model wrote it, line breaks included
+    assert fake.fetched == []
+    requested = {
+        json.loads(entry["message"])["message"]["params"].get("request", {}).get("url", "")
+        for entry in browser.get_log("performance")
+    }
+    assert not [url for url in requested if "/leak" in url]
 
 
 def test_ctrl_c_stops_the_page_and_the_server(launched):
