@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from utils.data.chat import SkipRow, conversation_to_messages, encode_chat, prompt_ids, split_reasoning
+from utils.data.chat import SkipRow, conversation_to_messages, encode_chat, prompt_ids, reply_message
 from utils.data.parquet import DataError, find_parquet_files, heldout_fraction, read_rows
 from utils.data.sft import conversation_text
 from utils.evaluation import (
@@ -357,15 +357,6 @@ def warn_if_longer_than_trained(tokenizer, query, trained: tuple[int | None, str
         )
 
 
-def reply_parts(text: str, thinking: bool) -> dict:
-    """A chat reply as a message: the answer as ``content`` and, with thinking, the think block's text apart as
-    ``reasoning_content`` (a block that never closed is all reasoning, with an empty answer)."""
-    if not thinking:
-        return {"content": text}
-    reasoning, answer, _ = split_reasoning(text, thinking=True)
-    return {"content": (answer or "").strip(), "reasoning_content": reasoning.strip()}
-
-
 def _answer(
     model, tokenizer, chat: bool, prompt: str, config, system_prompt: str | None, trained=(None, ""), thinking=False
 ) -> dict:
@@ -374,7 +365,7 @@ def _answer(
         query.insert(0, {"role": "system", "content": system_prompt})
     warn_if_longer_than_trained(tokenizer, query, trained)
     result = generate(model, tokenizer, query, config, thinking=thinking and chat)
-    reply = reply_parts(result.text, thinking and chat)
+    reply = reply_message(result.text, thinking and chat)
     return {
         "mode": "chat" if chat else "raw",
         "prompt": prompt,
@@ -462,7 +453,7 @@ def chat_loop(args: EvalArguments, stdin=None) -> None:
         if chat:
             history += [
                 {"role": "user", "content": text},
-                {"role": "assistant", **reply_parts(streamer.text, thinking)},
+                {"role": "assistant", **reply_message(streamer.text, thinking)},
             ]
 
 

@@ -204,8 +204,15 @@ def load_tokenizer(path: str | Path = DEFAULT_TOKENIZER_DIR) -> PreTrainedTokeni
         tokenizer = build_qwen_tokenizer()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = PAD_TOKEN
-    template = tokenizer.chat_template
-    if not template or "generation" not in template or template in LEGACY_CHAT_TEMPLATES:
+    if not tokenizer.chat_template or "generation" not in tokenizer.chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return upgrade_legacy_template(tokenizer)
+
+
+def upgrade_legacy_template(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """A template saved by an earlier version of this project becomes the current one (the same bytes with thinking
+    off, and the switch); any other template is left as it is."""
+    if tokenizer.chat_template in LEGACY_CHAT_TEMPLATES:
         tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, TrainingArguments
 import mini_qwen_eval
 from mini_qwen_eval import EvalArguments, _cell
 from tests.helpers import TINY_SHAPE
-from utils.data.chat import prompt_ids
+from utils.data.chat import prompt_ids, reply_message
 from utils.evaluation import distinct_n, perplexity_and_bpb, repeated_ngram_share, text_nll
 from utils.generation import CollectingStreamer, build_generation_config, generate, unescape
 
@@ -208,9 +208,9 @@ def test_thinking_switch_renders_the_think_block_and_keeps_the_reasoning_apart(t
     assert rendered == ["<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n"]
     assert set(row) >= {"output", "reasoning"}  # six tokens cannot close the block: all reasoning, no answer
     assert row["output"] == "" and row["reasoning"]
-    parts = mini_qwen_eval.reply_parts(" 2 + 2 = 4\n</think>\n\nThe answer is 4.", thinking=True)
+    parts = reply_message(" 2 + 2 = 4\n</think>\n\nThe answer is 4.", thinking=True)
     assert parts == {"content": "The answer is 4.", "reasoning_content": "2 + 2 = 4"}
-    assert mini_qwen_eval.reply_parts("Hello", thinking=False) == {"content": "Hello"}
+    assert reply_message("Hello", thinking=False) == {"content": "Hello"}
 
 
 def test_pt_checkpoint_is_raw_mode(memorised):

@@ -153,6 +153,15 @@ def split_reasoning(text: str, thinking: bool) -> tuple[str, str | None, bool]:
     return reasoning, answer, clean
 
 
+def reply_message(text: str, thinking: bool) -> dict:
+    """A generated reply as a message: the answer as ``content`` and, with thinking, the think block's text apart as
+    ``reasoning_content`` (as OpenAI-compatible servers return it; a block that never closed is all reasoning)."""
+    if not thinking:
+        return {"content": text}
+    reasoning, answer, _ = split_reasoning(text, thinking=True)
+    return {"content": (answer or "").strip(), "reasoning_content": reasoning.strip()}
+
+
 @dataclass
 class EncodedChat:
     input_ids: list[int]
