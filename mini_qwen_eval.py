@@ -13,7 +13,8 @@ Batch mode: every prompt through every checkpoint, plus perplexity / bits-per-by
 
 writes ``generations.jsonl``, ``metrics.json`` and ``report.md`` (outputs side by side, repetition metrics,
 perplexity); ``--decoding greedy sample`` adds one column per checkpoint and decoding; ``--bench bench.json`` adds the
-benchmark table of ``bash run.sh bench``.
+benchmark table of ``bash run.sh bench``. ``--enable_thinking true`` turns on the chat template's thinking switch
+(replies reason in a think block first, as a GRPO model learned to); the answer and its reasoning are kept apart.
 Sampling defaults come from each checkpoint's generation_config.json (``utils.generation.SAMPLING_DEFAULTS``
 for checkpoints trained here); ``--do_sample false`` is greedy. Answers stop at ``--max_new_tokens``.
 """
@@ -29,9 +30,10 @@ from pathlib import Path
 
 import torch
 
-from utils.data.chat import SkipRow, conversation_to_messages, encode_chat, prompt_ids
+from utils.data.chat import SkipRow, conversation_to_messages, encode_chat, prompt_ids, reply_message
 from utils.data.parquet import DataError, find_parquet_files, heldout_fraction, read_rows
 from utils.data.sft import conversation_text
+from utils.devices import inference_dtype, resolve_device
 from utils.evaluation import (
     bench_table_markdown,
     distinct_n,
@@ -55,8 +57,6 @@ from utils.train.args import parse_args
 from utils.train.hardware import (
     ATTENTION_CHOICES,
     detect_hardware,
-    inference_dtype,
-    resolve_device,
     select_attn_implementation,
 )
 
@@ -98,6 +98,13 @@ class EvalArguments:
     block_size: int = field(default=512, metadata={"help": "Context length for perplexity."})
     output_dir: str = field(default="results/eval", metadata={"help": "Where batch results are written."})
     system_prompt: str | None = field(default=None, metadata={"help": "System prompt for chat mode."})
+    enable_thinking: bool = field(
+        default=False,
+        metadata={
+            "help": "Chat mode: the chat template's thinking switch (replies open a think block, as after GRPO); the "
+            "reasoning is kept apart from the answer (the 'reasoning' field of generations.jsonl)."
+        },
+    )
     do_sample: bool | None = field(default=None, metadata={"help": "False = greedy. Default: the checkpoint's."})
     temperature: float | None = field(default=None, metadata={"help": "Default: the checkpoint's."})
     top_p: float | None = field(default=None, metadata={"help": "Default: the checkpoint's."})
@@ -304,7 +311,10 @@ def batch(args: EvalArguments) -> list[dict]:
             config = build_generation_config(model, **overrides)
             torch.manual_seed(args.seed)
             trained = trained_length(path)
-            mine = [_answer(model, tokenizer, chat, prompt, config, args.system_prompt, trained) for prompt in prompts]
+            mine = [
+                _answer(model, tokenizer, chat, prompt, config, args.system_prompt, trained, args.enable_thinking)
+                for prompt in prompts
+            ]
             for row in mine:
                 row.update(model=path, decoding=decoding, column=label)
             rows += mine
@@ -346,16 +356,20 @@ def warn_if_longer_than_trained(tokenizer, query, trained: tuple[int | None, str
         )
 
 
-def _answer(model, tokenizer, chat: bool, prompt: str, config, system_prompt: str | None, trained=(None, "")) -> dict:
+def _answer(
+    model, tokenizer, chat: bool, prompt: str, config, system_prompt: str | None, trained=(None, ""), thinking=False
+) -> dict:
     query = [{"role": "user", "content": prompt}] if chat else prompt
     if chat and system_prompt:
         query.insert(0, {"role": "system", "content": system_prompt})
     warn_if_longer_than_trained(tokenizer, query, trained)
-    result = generate(model, tokenizer, query, config)
+    result = generate(model, tokenizer, query, config, thinking=thinking and chat)
+    reply = reply_message(result.text, thinking and chat)
     return {
         "mode": "chat" if chat else "raw",
         "prompt": prompt,
-        "output": result.text,
+        "output": reply["content"],
+        **({"reasoning": reply["reasoning_content"]} if "reasoning_content" in reply else {}),
         "new_tokens": len(result.token_ids),
         "ended_with_eos": result.ended_with_eos,
         "repeated_4gram_share": round(repeated_ngram_share(result.token_ids, 4), 4),
@@ -430,12 +444,16 @@ def chat_loop(args: EvalArguments, stdin=None) -> None:
         messages = ([{"role": "system", "content": system}] if system else []) + history
         messages = messages + [{"role": "user", "content": text}]
         warn_if_longer_than_trained(tokenizer, messages if chat else text, trained)
+        thinking = args.enable_thinking and chat
         try:
-            generate(model, tokenizer, messages if chat else text, config, streamer=streamer)
+            generate(model, tokenizer, messages if chat else text, config, streamer=streamer, thinking=thinking)
         except KeyboardInterrupt:
             print("\n[stopped]", flush=True)
         if chat:
-            history += [{"role": "user", "content": text}, {"role": "assistant", "content": streamer.text}]
+            history += [
+                {"role": "user", "content": text},
+                {"role": "assistant", **reply_message(streamer.text, thinking)},
+            ]
 
 
 def _bool(value: str) -> bool:

@@ -65,6 +65,15 @@ class SFTArguments(StageArguments, AdapterArguments):
         default=None,
         metadata={"help": "System prompt added to conversations that have none (off: most data has none)."},
     )
+    reasoning_data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Math problems with worked solutions (question, answer ending in '#### N': GSM8K's layout, "
+            "mini_data/grpo/sft) to mix in as conversations that reason in a think block before answering "
+            "(the chat template's thinking switch on). Where a model learns the layout that GRPO rewards; off by "
+            "default."
+        },
+    )
     layout: str = field(default="isolated", metadata={"help": LAYOUT_HELP, "choices": list(LAYOUTS)})
     cache_dir: str = field(default="cache/sft", metadata={"help": "Where tokenized conversations are cached."})
     holdout: float = field(
@@ -127,6 +136,7 @@ def main(script_args: SFTArguments, training_args: SFTConfig) -> SFTTrainer:
             script_args.cache_dir,
             tokenizer,
             script_args.holdout,
+            script_args.reasoning_data_dir,
         )
     if len(dataset) == 0:
         raise DataError(f"No usable conversation under {script_args.data_dir}: skipped {summary['skipped']}")

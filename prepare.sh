@@ -5,12 +5,13 @@
 #   bash prepare.sh --stage pt --domains "news_media tourism_geography"
 #   bash prepare.sh --stage model           # only the Qwen2.5-0.5B-Instruct config + tokenizer
 #   bash prepare.sh --stage bench           # benchmark task data for `bash run.sh bench`
+#   bash prepare.sh --stage grpo            # GSM8K and GSM8K_zh training problems for `bash run.sh grpo`
 #   bash prepare.sh --mini                  # also cut 100-row samples of every file (like upstream's save_mini_data)
 #
 # Options:
-#   --stage model|pt|sft|dpo|bench|all   what to fetch (default all = model pt sft dpo; repeatable); bench comes
-#                                  from the Hugging Face Hub at pinned commits (tools/bench_data.py;
-#                                  HF_ENDPOINT=https://hf-mirror.com for a mirror)
+#   --stage model|pt|sft|dpo|bench|grpo|all   what to fetch (default all = model pt sft dpo; repeatable); bench
+#                                  and grpo come from the Hugging Face Hub at pinned commits (tools/bench_data.py,
+#                                  tools/grpo_data.py; HF_ENDPOINT=https://hf-mirror.com for a mirror)
 #   --domains "a b ..."            IndustryCorpus2 domains for PT (default: the ten of configs/data/industrycorpus2.yaml)
 #   --data_dir DIR                 where data goes (default data/)
 #   --mini                         after downloading, write 100-row samples of every file to --mini_dir
@@ -49,7 +50,7 @@ DOWNLOADS=()
 for stage in "${STAGES[@]}"; do
   case "$stage" in
     all) DOWNLOADS+=(model pt sft dpo) ;;
-    model | pt | sft | dpo | bench) DOWNLOADS+=("$stage") ;;
+    model | pt | sft | dpo | bench | grpo) DOWNLOADS+=("$stage") ;;
     *) echo "unknown stage: $stage" >&2; usage >&2; exit 2 ;;
   esac
 done
@@ -70,7 +71,7 @@ reachable() {  # reachable <host>: fail fast, with the reason, when a download h
 }
 needs_modelscope=0 needs_hf=0
 for stage in "${DOWNLOADS[@]}"; do
-  if [ "$stage" = bench ]; then needs_hf=1; else needs_modelscope=1; fi
+  if [ "$stage" = bench ] || [ "$stage" = grpo ]; then needs_hf=1; else needs_modelscope=1; fi
 done
 if [ "$needs_modelscope" = 1 ]; then
   reachable www.modelscope.cn

@@ -4,14 +4,16 @@
 #   bash run.sh demo                 # whole demo on the bundled data: PT -> SFT -> DPO -> answers (CPU is fine)
 #   bash run.sh demo --recipes cpu   # the tiny recipes even on a GPU (default: t4, the 1B shape at seq 128, on a
 #                                    # CUDA GPU with 14 GiB free and bitsandbytes; cpu elsewhere)
+#   bash run.sh demo --with_grpo     # the tiny chain, its SFT with worked solutions, then GRPO with a thinking model
 #   bash run.sh test                 # the test suite (what CI runs)
-#   bash run.sh plan [pt|sft|dpo|all] [--num_gpus N] [--gpu h100|h800|a100|4090|t4|...] [recipe flags]
+#   bash run.sh plan [pt|sft|dpo|grpo|all] [--num_gpus N] [--gpu h100|h800|a100|4090|t4|...] [recipe flags]
 #                                    # what a run needs before it starts: data, steps, disk, GPU memory, time
 #   bash run.sh gpu-check            # the first thing on a new GPU machine: precision, attention, tokens/s, MFU,
 #                                    # peak memory per stage, measured (benchmarks/gpu_check.sh)
 #   bash run.sh pt  [flags...]       # full-recipe pretraining   (configs/pt_full.yaml  + your flags)
 #   bash run.sh sft [flags...]       # full-recipe SFT            (configs/sft_full.yaml + your flags)
 #   bash run.sh dpo [flags...]       # full-recipe DPO            (configs/dpo_full.yaml + your flags)
+#   bash run.sh grpo [flags...]      # full-recipe GRPO on math problems (configs/grpo_full.yaml + your flags)
 #   bash run.sh eval [flags...]      # chat with / compare checkpoints (mini_qwen_eval.py flags)
 #   bash run.sh curate [flags...]    # clean, dedup, decontaminate PT data (configs/curate_pt.yaml; CONFIG= sft/dpo)
 #   bash run.sh bench [flags...]     # C-Eval, CMMLU, MMLU, ARC, HellaSwag (+ --tasks gsm8k) via lm-evaluation-harness
@@ -25,11 +27,11 @@
 #   bash run.sh -h                   # this help
 #
 # Variables (all optional):
-#   NUM_GPUS=6          >1: pt/sft/dpo run under `accelerate launch` with DeepSpeed (ACCELERATE_CONFIG)
+#   NUM_GPUS=6          >1: pt/sft/dpo/grpo run under `accelerate launch` with DeepSpeed (ACCELERATE_CONFIG)
 #   ACCELERATE_CONFIG=accelerate_config.yaml   (see configs/accelerate/ for ZeRO-3, offload, multi-node)
 #   NUM_MACHINES=1 MACHINE_RANK=0 MAIN_PROCESS_IP=... MAIN_PROCESS_PORT=29500   multi-node settings
-#   BACKGROUND=1        run pt/sft/dpo with nohup, logging to $LOG_DIR/<stage>.log (LOG_DIR=logs)
-#   CONFIG=path.yaml    a different recipe for pt/sft/dpo/curate
+#   BACKGROUND=1        run pt/sft/dpo/grpo with nohup, logging to $LOG_DIR/<stage>.log (LOG_DIR=logs)
+#   CONFIG=path.yaml    a different recipe for pt/sft/dpo/grpo/curate
 #   VENV=.venv          the virtual environment to create/use; PYTHON=python3 the interpreter that makes it
 #   TORCH_SPEC="torch==2.13.0"   how torch is installed if missing (e.g. a CUDA build on GPU machines)
 #
@@ -125,6 +127,7 @@ case "$mode" in
   pt) setup && launch mini_qwen_pt.py configs/pt_full.yaml "$@" ;;
   sft) setup && launch mini_qwen_sft.py configs/sft_full.yaml "$@" ;;
   dpo) setup && launch mini_qwen_dpo.py configs/dpo_full.yaml "$@" ;;
+  grpo) setup && launch mini_qwen_grpo.py configs/grpo_full.yaml "$@" ;;
   eval) setup && "$VENV/bin/python" mini_qwen_eval.py "$@" ;;
   curate) setup && install requirements/curate.txt &&
     "$VENV/bin/python" -m tools.curate --config "${CONFIG:-configs/curate_pt.yaml}" "$@" ;;

@@ -3,6 +3,7 @@
     python -m benchmarks.memory --config configs/pt_t4_demo.yaml      # the T4-class demo recipe (1B, seq 128)
     python -m benchmarks.memory --config configs/pt_24gb.yaml         # the 24 GB recipe (1B, seq 1024)
     python -m benchmarks.memory --config configs/dpo_full.yaml --shape 1b
+    python -m benchmarks.memory --config configs/grpo_full.yaml --shape 1b     # rollout, then the update
     python -m benchmarks.memory --shape 1b --seq_len 128 --batch_size 4 --precision fp16 \\
         --activation_checkpointing --measure          # on a GPU: the estimate and the measurement side by side
     python -m benchmarks.memory --config configs/sft_lora_16gb.yaml --shape 1b     # LoRA (adapters below)
@@ -12,6 +13,11 @@ How: two optimizer steps with the recipe's model shape, micro-batch, sequence le
 fp32 master weights, as the Trainer does), gradient checkpointing, optimizer and (DPO) reference model run under
 FakeTensorMode, where every tensor has a shape, a dtype and a device but no storage, while PyTorch's MemTracker
 records each allocation by kind. The peak is the most that was live at once, with its breakdown.
+GRPO first generates a rollout (``rollout_rows`` replies of prompt + completion tokens at once, per process), then
+trains on ``batch_size`` of them per micro-batch: its generation is accounted as one no-grad forward over the full
+length that keeps the key/value cache (the cache's size when the longest reply ends, plus one layer's prefill
+activations), before the training step. With vLLM (``use_vllm``) the rollout lives in vLLM's own share of the card
+(``vllm_gpu_memory_utilization``) instead.
 
 Not counted: the CUDA context (~0.5 GB), the caching allocator's fragmentation (typically 5-15%) and kernel
 workspaces (cuBLAS, attention), so keep ~1.5 GB of headroom; ``--measure`` shows the real figure on a GPU.
@@ -47,7 +53,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
 from transformers import HfArgumentParser, TrainingArguments
-from trl import DPOConfig, SFTConfig
+from trl import DPOConfig, GRPOConfig, SFTConfig
 
 from benchmarks.train_speed import SHAPES, step_loss
 from utils.data.collate import IGNORE_INDEX, PackedCollator
@@ -90,6 +96,7 @@ class Setup:
     source: str = "flags"
     adapters: AdapterArguments | None = None  # LoRA / QLoRA: a frozen base and trainable adapters
     accumulation: int = 1  # micro-batches per optimizer step: their gradients stay resident between them
+    rollout_rows: int = 0  # GRPO: replies generated at once (per process) before the update
 
 
 def recipe_setup(stage: str, config: str, shape_name: str) -> Setup:
@@ -97,7 +104,7 @@ def recipe_setup(stage: str, config: str, shape_name: str) -> Setup:
     (or TRL's) defaults for what the recipe leaves out. The stage-only keys a memory estimate needs are read
     from the YAML as written (every shipped recipe sets them)."""
     recipe = read_recipe(config)
-    config_type = {"pt": TrainingArguments, "sft": SFTConfig, "dpo": DPOConfig}[stage]
+    config_type = {"pt": TrainingArguments, "sft": SFTConfig, "dpo": DPOConfig, "grpo": GRPOConfig}[stage]
     known = {f.name for f in fields(config_type)}
     (train,) = HfArgumentParser(config_type).parse_dict(
         {"output_dir": "unused", **{k: v for k, v in recipe.items() if k in known}, "bf16": False}
@@ -112,7 +119,12 @@ def recipe_setup(stage: str, config: str, shape_name: str) -> Setup:
         checkpoint = Path(recipe.get("model_name_or_path", "")) / "config.json"
         # The SFT/DPO recipes start from a trained checkpoint; without one, the shape comes from --shape.
         shape = ModelShapeArguments(base_config=str(checkpoint)) if checkpoint.is_file() else shape_of(shape_name)
-        seq_len = train.max_length
+        if stage == "grpo":
+            if "max_prompt_length" not in recipe:
+                raise SystemExit(f"{config}: no max_prompt_length (a GRPO row is prompt + completion)")
+            seq_len = recipe["max_prompt_length"] + train.max_completion_length
+        else:
+            seq_len = train.max_length
     precision = recipe.get("precision", "auto")
     if precision == "auto":
         precision = "fp16" if train.fp16 else "bf16"  # what auto picks on a GPU (fp16 and bf16 take the same room)
@@ -126,10 +138,11 @@ def recipe_setup(stage: str, config: str, shape_name: str) -> Setup:
         optim=getattr(train.optim, "value", train.optim),
         # PT's auto turns it on on CUDA GPUs; TRL's SFT and DPO trainers always use it.
         fused_lm_head=stage != "pt" or str(recipe.get("fused_lm_head", "auto")).lower() != "false",
-        live_reference=stage == "dpo" and not train.precompute_ref_log_probs,
+        live_reference=(stage == "dpo" and not train.precompute_ref_log_probs) or (stage == "grpo" and train.beta > 0),
         source=config,
         adapters=recipe_adapters(recipe),
         accumulation=train.gradient_accumulation_steps,
+        rollout_rows=train.generation_batch_size if stage == "grpo" else 0,
     )
 
 
@@ -146,7 +159,8 @@ def shape_of(name: str) -> ModelShapeArguments:
 
 
 def make_batch(setup: Setup, vocab: int, device: torch.device) -> dict:
-    """A full micro-batch: PT rows, SFT rows packed with two conversations (one flat row), DPO chosen+rejected rows."""
+    """A full micro-batch: PT rows, SFT rows packed with two conversations (one flat row), DPO chosen+rejected rows,
+    GRPO prompt+reply rows."""
     seq, bsz = setup.seq_len, setup.batch_size
     if setup.stage == "pt":
         ids = torch.randint(0, vocab, (bsz, seq), device=device)
@@ -158,10 +172,23 @@ def make_batch(setup: Setup, vocab: int, device: torch.device) -> dict:
             examples.append({"input_ids": ids, "labels": ids.clone(), "seq_lengths": [seq // 2, seq - seq // 2]})
         batch = PackedCollator(pad_token_id=0)(examples)
         return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    ids = torch.randint(0, vocab, (2 * bsz, seq), device=device)
+    ids = torch.randint(0, vocab, ((2 if setup.stage == "dpo" else 1) * bsz, seq), device=device)
     labels = ids.clone()
     labels[:, : seq // 4] = IGNORE_INDEX  # the prompt
     return {"input_ids": ids, "labels": labels}
+
+
+def rollout(model, setup: Setup, device: torch.device, autocast: dict) -> None:
+    """GRPO's generation before an update: the key/value cache of ``rollout_rows`` full-length replies, made by one
+    no-grad forward of the layers that keeps it, and the fp32 logits of one position per reply (what a decoding step
+    scores; through the layers only, as the LM head module would otherwise be tracked twice), then freed."""
+    model.eval()  # generation runs without activation checkpointing, which would turn the cache off
+    with torch.no_grad(), torch.autocast(**autocast):
+        ids = torch.randint(0, model.config.vocab_size, (setup.rollout_rows, setup.seq_len), device=device)
+        output = model.model(input_ids=ids, use_cache=True)
+        logits = torch.empty(setup.rollout_rows, model.config.vocab_size, dtype=torch.float32, device=device)
+    del output, logits
+    model.train()
 
 
 def bnb_state(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -314,6 +341,10 @@ def train_steps(setup: Setup, device: torch.device, tracker: MemTracker | None, 
         tracker.track_external(*externals)
     with tracker if tracker is not None else contextlib.nullcontext():
         for _ in range(steps):
+            if setup.rollout_rows:  # at an optimizer-step boundary: no gradient is alive
+                rollout(model, setup, device, autocast)
+                if tracker is not None:
+                    tracker.reset_mod_stats()  # the rollout's forward is one iteration, the update another
             # With accumulation the gradients of the first micro-batch are alive through the next one's forward
             # and backward: two micro-batches show that peak (more would repeat it).
             for _ in range(min(setup.accumulation, 2)):
@@ -419,6 +450,7 @@ def print_report(setup: Setup, parameters: int, row: dict[str, float], measured:
         + (", fused LM head" if setup.fused_lm_head else ", full logits")
         + (", live reference model" if setup.live_reference else "")
         + (adapter_description(setup.adapters) if setup.adapters is not None else "")
+        + (f", a rollout of {setup.rollout_rows} replies generated at once" if setup.rollout_rows else "")
     )
     scale, unit = (1, "GiB") if row["peak"] >= 1 else (1024, "MiB")  # tiny shapes read better in MiB
     labels = {
@@ -458,7 +490,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--config", default=None, help="A stage recipe (YAML); its settings replace the flags below.")
     parser.add_argument(
         "--stage",
-        choices=["pt", "sft", "dpo"],
+        choices=["pt", "sft", "dpo", "grpo"],
         default=None,
         help="Stage of the step (default: from the recipe's name, else pt).",
     )
@@ -485,6 +517,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--accumulation", type=int, default=1, help="Micro-batches per optimizer step (gradients stay resident)."
     )
+    parser.add_argument(
+        "--rollout_rows", type=int, default=0, help="GRPO: replies generated at once before the update (per process)."
+    )
     parser.add_argument("--measure", action="store_true", help="Also run the step on the GPU and print its peak.")
     parser.add_argument("--use_peft", action="store_true", help="LoRA adapters on a frozen base (recipes: use_peft).")
     parser.add_argument("--lora_r", type=int, default=None, help="LoRA rank (default: the recipe's, else 16).")
@@ -494,7 +529,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     if args.measure and not torch.cuda.is_available():
         raise SystemExit("--measure needs a CUDA GPU: the estimate alone runs anywhere")
-    stage = args.stage or next((s for s in ("sft", "dpo") if args.config and s in Path(args.config).name), "pt")
+    stage = args.stage or next(
+        (s for s in ("sft", "grpo", "dpo") if args.config and s in Path(args.config).name), "pt"
+    )
     if args.config:
         setup = recipe_setup(stage, args.config, args.shape)
     else:
@@ -509,6 +546,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             args.fused_lm_head == "on",
             args.live_reference,
             accumulation=args.accumulation,
+            rollout_rows=args.rollout_rows if stage == "grpo" else 0,
         )
     setup.adapters = with_adapter_flags(setup.adapters, args)
     with torch.device("meta"):

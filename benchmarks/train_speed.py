@@ -214,7 +214,13 @@ def sequence_logps(model, batch: dict, fused: bool = False) -> torch.Tensor:
 
 def step_loss(stage: str, model, batch: dict, fused: bool, reference=None) -> torch.Tensor:
     """One step's loss: the LM loss for PT/SFT; for DPO the sigmoid loss (beta 0.1) against a live reference
-    model, or, with none, against precomputed reference log-probs (zeros stand in for them)."""
+    model, or, with none, against precomputed reference log-probs (zeros stand in for them); for GRPO the replies'
+    log-probabilities (times an advantage of one), and a reference's under no_grad when it has one (beta > 0)."""
+    if stage == "grpo":
+        if reference is not None:
+            with torch.no_grad():
+                sequence_logps(reference, batch, fused)
+        return -sequence_logps(model, batch, fused).mean()
     if stage != "dpo":
         return (model(**batch, fused_lm_head=True) if fused else model(**batch)).loss
     policy = sequence_logps(model, batch, fused).view(-1, 2)

@@ -1,8 +1,10 @@
 """Benchmarks through lm-evaluation-harness on local copies of the data: C-Eval, CMMLU, MMLU, ARC-Easy/Challenge,
-HellaSwag (and GSM8K when asked for), every checkpoint side by side with the score of random guessing.
+HellaSwag (and GSM8K, GSM8K_zh when asked for), every checkpoint side by side with the score of random guessing.
 
     python -m tools.bench --model_name_or_path results/pt results/sft results/dpo            # data/bench
     python -m tools.bench --model_name_or_path results/sft --tasks ceval cmmlu gsm8k --limit 200
+    python -m tools.bench --model_name_or_path results/dpo results/grpo --tasks gsm8k gsm8k_zh \
+        --enable_thinking true --num_fewshot 0 --max_gen_toks 512     # before and after GRPO, thinking
     python -m tools.bench --model_name_or_path results/demo/pt results/demo/sft results/demo/dpo \\
         --data_dir mini_data/bench --output_dir results/demo/bench        # the bundled fixtures, seconds on a CPU
 
@@ -40,14 +42,22 @@ from tools.bench_tasks import DEFAULT_TASKS, SPECS, LocalTask, full_docs, write_
 from tools.checkpoint_files import CheckpointError
 from tools.serve import check_checkpoint
 from utils.data.parquet import DataError
+from utils.devices import inference_dtype, resolve_device
 from utils.evaluation import render_bench_table
 from utils.generation import is_chat_checkpoint
 from utils.run_info import as_jsonable, folder_labels, git_commit, package_versions, portable_path
-from utils.train.hardware import inference_dtype, resolve_device
+from utils.tokenizer import THINK_CLOSE
 
 logger = logging.getLogger(__name__)
 
 HEADLINE = "acc,none"  # the table's metric unless SPECS names another
+# With thinking, GSM8K's replies end in "The answer is N." (utils.rewards reads that form): the last number counts.
+THINKING_HEADLINE = "exact_match,flexible-extract"
+
+
+def headline(bench: str, thinking: bool) -> str:
+    """The metric the table shows for ``bench``."""
+    return THINKING_HEADLINE if thinking and SPECS[bench].get("generative") else SPECS[bench].get("headline", HEADLINE)
 
 
 @dataclass
@@ -86,6 +96,15 @@ class BenchArguments:
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda."})
     cache_dir: str = field(default="cache/bench", metadata={"help": "datasets' cache of the benchmark files."})
     log_samples: bool = field(default=False, metadata={"help": "Keep every prompt and answer in raw/*.json."})
+    enable_thinking: bool = field(
+        default=False,
+        metadata={
+            "help": "Generative tasks (gsm8k, gsm8k_zh) through the chat template's thinking switch, as a GRPO model "
+            "answers: replies open a think block and only what follows </think> is scored. The table then shows "
+            "flexible-extract (the answer's last number): a thinking reply states its number in words, not as "
+            "'#### N'. Chat checkpoints and generative tasks only. Give replies room (--max_gen_toks)."
+        },
+    )
 
 
 def check_arguments(args: BenchArguments) -> list[bool]:
@@ -103,6 +122,18 @@ def check_arguments(args: BenchArguments) -> list[bool]:
             raise SystemExit(f"--model_name_or_path: {path} is the same checkpoint as {seen[resolved]}: list it once")
         seen[resolved] = path
     chat = [{"chat": True, "raw": False}.get(args.mode, is_chat_checkpoint(path)) for path in args.model_name_or_path]
+    if args.enable_thinking:
+        scored_by_likelihood = [task for task in args.tasks if not SPECS[task].get("generative")]
+        if scored_by_likelihood:
+            raise SystemExit(
+                f"--enable_thinking: {', '.join(scored_by_likelihood)} score(s) choices by log-likelihood, with no "
+                "reply to think in: run them without it"
+            )
+        raw = [path for path, templated in zip(args.model_name_or_path, chat) if not templated]
+        if raw:
+            raise SystemExit(
+                f"--enable_thinking: {', '.join(raw)} is scored on raw text (no chat template to think in)"
+            )
     problems = []
     for path, templated in zip(args.model_name_or_path, chat):
         try:
@@ -245,12 +276,14 @@ def run_bench(args: BenchArguments) -> dict:
         "note": coverage_note(covered),
         # What the table shows, so that it renders from bench.json alone (utils.evaluation.render_bench_table).
         "titles": {bench: SPECS[bench]["title"] for bench in names},
-        "headline": {bench: SPECS[bench].get("headline", HEADLINE) for bench in names},
+        "headline": {bench: headline(bench, args.enable_thinking) for bench in names},
         "checkpoints": [],
         "results": {},
     }
     (out / "raw").mkdir(parents=True, exist_ok=True)
     labels = folder_labels(args.model_name_or_path)
+    # lm_eval renders the prompts with the switch and scores what follows the end of the think block.
+    thinking_args = {"enable_thinking": True, "think_end_token": THINK_CLOSE} if args.enable_thinking else {}
     for index, (path, label, chat) in enumerate(zip(args.model_name_or_path, labels, chat_modes), start=1):
         logger.info(
             "[%d/%d] %s: %s on %s (%s, %s)",
@@ -266,7 +299,7 @@ def run_bench(args: BenchArguments) -> dict:
         with quiet_lm_eval():
             results = lm_eval.simple_evaluate(
                 model="hf",
-                model_args={"pretrained": path, "dtype": dtype},
+                model_args={"pretrained": path, "dtype": dtype, **thinking_args},
                 tasks=list(names.values()),
                 task_manager=task_manager,
                 num_fewshot=args.num_fewshot,

@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 logger = logging.getLogger(__name__)
 
 SHARD = "-00000-of-00001.parquet"
+GSM8K_ZH_FILE = "GSM8K_zh.json"
 HUB_LISTINGS = Path(__file__).resolve().parent / "hub_listings"
 
 
@@ -84,6 +85,8 @@ BENCH_SOURCES: dict[str, BenchSource] = {
     # resolves); its test split has no labels.
     "hellaswag": BenchSource("Rowan/hellaswag", "9c75cc0", ("data/train-*.parquet", "data/validation-*.parquet")),
     "gsm8k": BenchSource("openai/gsm8k", "740312add88f781978c0658806c59bc2815b9866", ("main/*.parquet",)),
+    # One JSON of the 7,473 translated training problems (few-shot) and the 1,319 test questions, converted.
+    "gsm8k_zh": BenchSource("meta-math/GSM8K_zh", "4a5009abc37cbb2d3fd1a745f80e5ea1405ba9aa", (GSM8K_ZH_FILE,)),
 }
 
 
@@ -117,10 +120,61 @@ def csv_to_parquet(source: Path, target: Path) -> None:
     pq.write_table(pa.table({c: pa.array(frame[c].tolist(), pa.string()) for c in columns}), target)
 
 
+GSM8K_LAYOUT = pa.schema([("question", pa.string()), ("answer", pa.string())])
+
+
+def read_json_records(path: Path) -> list[dict]:
+    """A JSON array of objects, or JSON lines (one object per line): the two ways hubs store records."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path}: expected a list of JSON objects")
+    return records
+
+
+def gsm8k_zh_rows(records: list[dict], split: str) -> list[dict]:
+    """GSM8K_zh's records of ``split`` in GSM8K's layout: the Chinese question, and as answer the Chinese worked
+    solution (train) followed by ``#### <answer_only>``; its test records carry no solution, only the number.
+    Records without a question or a reference number are left out."""
+    rows = []
+    for record in records:
+        question, reference = record.get("question_zh"), str(record.get("answer_only", "")).strip()
+        if record.get("split") != split or not question or not reference:
+            continue
+        solution = (record.get("answer_zh") or "").strip()
+        if split == "train" and not solution:
+            continue
+        answer = solution if "####" in solution else f"{solution}\n#### {reference}".lstrip()
+        rows.append({"question": question.strip(), "answer": answer})
+    return rows
+
+
+def convert_gsm8k_zh(folder: str | Path, splits: tuple[str, ...]) -> list[Path]:
+    """``GSM8K_zh.json`` in ``folder`` -> ``<split>-00000-of-00001.parquet`` per split asked for, next to it, then
+    the JSON is removed (the other split's records go with it). Returns the files written."""
+    written = []
+    for source in sorted(Path(folder).rglob(GSM8K_ZH_FILE)):
+        records = read_json_records(source)
+        for split in splits:
+            rows = gsm8k_zh_rows(records, split)
+            if not rows:
+                raise ValueError(f"{source}: no {split} record with question_zh and answer_only")
+            target = source.parent / f"{split}{SHARD}"
+            pq.write_table(pa.Table.from_pylist(rows, schema=GSM8K_LAYOUT), target)
+            written.append(target)
+            logger.info("%s: %d %s problems of %d records", target, len(rows), split, len(records))
+        source.unlink()
+    return written
+
+
 def normalize_bench_folder(folder: str | Path) -> list[Path]:
     """Unpack the zips in ``folder`` next to themselves, then write every ``<split>/<subject>[_<split>].csv`` as
-    ``<subject>/<split>-00000-of-00001.parquet``. A parquet file already there (the hub's own build) is kept.
-    Returns the files written; running it again writes nothing new."""
+    ``<subject>/<split>-00000-of-00001.parquet``, and GSM8K_zh's JSON as its train (few-shot) and test parquet. A
+    parquet file already there (the hub's own build) is kept. Returns the files written; running it again writes
+    nothing new."""
     folder = Path(folder)
     for archive in sorted(folder.rglob("*.zip")):
         with zipfile.ZipFile(archive) as bundle:  # extractall drops absolute and ".." parts of member names
@@ -137,7 +191,7 @@ def normalize_bench_folder(folder: str | Path) -> list[Path]:
         written.append(target)
     if written:
         logger.info("%s: %d CSV files converted to parquet", folder, len(written))
-    return written
+    return written + convert_gsm8k_zh(folder, ("train", "test"))
 
 
 if __name__ == "__main__":

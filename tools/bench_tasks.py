@@ -113,6 +113,18 @@ SPECS: dict[str, dict] = {
         "eval_split": "test",
         "columns": ["question", "answer"],
         "answer": ("final", "answer"),
+        "generative": True,
+    },
+    "gsm8k_zh": {  # meta-math/GSM8K_zh: GSM8K's problems in Chinese, in GSM8K's layout (tools.bench_data)
+        "title": "GSM8K_zh",
+        "folder": "gsm8k_zh",
+        "headline": "exact_match,strict-match",
+        "builtin": "gsm8k/gsm8k.yaml",  # GSM8K's prompt, few-shot rule and answer extraction, on the Chinese rows
+        "splits": {"train": ["gsm8k_zh/train-*.parquet"], "test": ["gsm8k_zh/test-*.parquet"]},
+        "eval_split": "test",
+        "columns": ["question", "answer"],
+        "answer": ("final", "answer"),
+        "generative": True,
     },
 }
 

@@ -3,12 +3,14 @@
     python -m tools.download --stage pt --data_dir data --domains news_media tourism_geography
     python -m tools.download --stage model sft dpo
     python -m tools.download --stage bench          # benchmark data from the Hugging Face Hub (tools.bench_data)
+    python -m tools.download --stage grpo           # GRPO's math problems from the Hugging Face Hub (tools.grpo_data)
 
 Every folder is downloaded, then verified (at least one file, every selected file present and not empty),
 then described in ``MANIFEST.json`` next to the data (each file and its bytes), then marked ``.complete`` so a
 re-run skips it. A download that leaves a folder empty is an error, not "complete". One folder failing does not stop
 the others: the run ends with a list of what arrived and what did not (and exits with an error if anything did not).
-Benchmarks come from the Hugging Face Hub at the exact revisions ``tools.bench_data`` names.
+Benchmarks and GRPO's problems come from the Hugging Face Hub at the exact revisions ``tools.bench_data`` and
+``tools.grpo_data`` name.
 
 The PT subset is data (``configs/data/industrycorpus2.yaml``): each folder is listed on ModelScope, its parquet
 names sorted, and all of them or the first N downloaded by exact name.
@@ -30,6 +32,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from tools.bench_data import BENCH_SOURCES, normalize_bench_folder
+from tools.grpo_data import GRPO_SOURCES, normalize_grpo_folder
 from utils import REPO_ROOT
 
 logger = logging.getLogger(__name__)
@@ -138,6 +141,20 @@ def stage_jobs(stage: str, data_dir: Path, domains: list[str] | None) -> list[Jo
             )
             for name, source in BENCH_SOURCES.items()
         ]
+    if stage == "grpo":
+        return [
+            Job(
+                source.repo,
+                "dataset",
+                data_dir / "grpo" / name,
+                data_dir / "grpo" / name,
+                patterns=list(source.include),
+                hub="hf",
+                revision=source.revision,
+                after=normalize_grpo_folder,
+            )
+            for name, source in GRPO_SOURCES.items()
+        ]
     raise DownloadError(f"unknown stage {stage!r}")
 
 
@@ -222,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         "--stage",
         nargs="+",
         default=["model", "pt", "sft", "dpo"],
-        choices=["model", "pt", "sft", "dpo", "bench"],
+        choices=["model", "pt", "sft", "dpo", "bench", "grpo"],
         help="What to fetch.",
     )
     parser.add_argument("--data_dir", default="data", help="Where the datasets go.")
@@ -231,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--hf",
         default=shutil.which("hf", path=str(Path(sys.executable).parent)) or "hf",
-        help="The Hugging Face command-line tool (--stage bench); default: this venv's.",
+        help="The Hugging Face command-line tool (--stage bench, grpo); default: this venv's.",
     )
     parser.add_argument("--mini_dir", default=None, help="Also write 100-row samples of every file here.")
     args = parser.parse_args(argv)
@@ -247,7 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         for job in jobs:
             try:
                 fetch(job, args.modelscope, args.hf)
-            except (DownloadError, subprocess.CalledProcessError, OSError) as err:
+            # ValueError: a normalisation step found the downloaded files unreadable (tools.grpo_data).
+            except (DownloadError, subprocess.CalledProcessError, OSError, ValueError) as err:
                 logger.error("%s: %s", job.folder, failure_reason(err))
                 failed.append((str(job.folder), failure_reason(err)))
             else:

@@ -3,6 +3,7 @@
     bash run.sh plan all --num_gpus 6 --gpu h800          # upstream's machine, the full recipes
     bash run.sh plan pt --num_gpus 8 --gpu h100 --per_device_train_batch_size 16      # recipe values as flags
     bash run.sh plan all --gpu t4 --recipes t4            # the demo's 1B shape on one 16 GB card
+    bash run.sh plan grpo --num_gpus 6 --gpu h800         # the optional GRPO stage (not part of "all")
 
 Data: files and bytes from the folders' MANIFEST.json after ``prepare.sh``, else from the data configs
 (``configs/data/*.yaml``: upstream's published sizes); tokens, conversations or pairs likewise (a local folder such
@@ -45,14 +46,20 @@ GPUS = {
     "t4": ("T4 16GB", 65.0, 14.6),
 }
 MFU = {"upstream's 20%": 0.20, "40%": 0.40}
-UPSTREAM_HOURS = {"pt": "24.7 h (6 x H800)", "sft": "43 h (6 x H800)", "dpo": "about 1 h (6 x H800)"}
+UPSTREAM_HOURS = {
+    "pt": "24.7 h (6 x H800)",
+    "sft": "43 h (6 x H800)",
+    "dpo": "about 1 h (6 x H800)",
+    "grpo": "- (upstream has no GRPO)",
+}
 CUDA_CONTEXT_GIB = 1.5
 DATA_CONFIGS = {
     "pt": REPO_ROOT / "configs" / "data" / "industrycorpus2.yaml",
     "sft": REPO_ROOT / "configs" / "data" / "infinity_instruct.yaml",
     "dpo": REPO_ROOT / "configs" / "data" / "infinity_preference.yaml",
+    "grpo": REPO_ROOT / "configs" / "data" / "grpo.yaml",
 }
-FULL_DATA_DIRS = {"pt": "data/pt", "sft": "data/sft", "dpo": "data/dpo"}
+FULL_DATA_DIRS = {"pt": "data/pt", "sft": "data/sft", "dpo": "data/dpo", "grpo": "data/grpo"}
 ADAM_BYTES = {"adamw_bnb_8bit": 2, "adamw_torch": 8, "adamw_torch_fused": 8}  # optimizer state per parameter
 
 
@@ -217,6 +224,18 @@ def plan_stage(stage: str, recipe_path: str, overrides: dict, num_gpus: int, gpu
         examples = data["rows"] * (1 - holdout) / per_row
         unit, per_step_amount = "tokens", global_batch * per_row * config["tokens_per_conversation"]
         computed = examples * seq * epochs  # rows of up to max_length: an upper bound of the computed tokens
+    elif stage == "grpo":
+        seq = recipe["max_prompt_length"] + recipe["max_completion_length"]
+        generations = recipe["num_generations"]
+        examples = data["rows"] - (holdout if holdout >= 1 else round(data["rows"] * holdout))
+        unit, per_step_amount = "replies", global_batch
+        # Every reply once through the rollout (2N per token) and once through the update (6N), at full length.
+        computed = examples * generations * seq * epochs
+        notes.append(
+            f"GRPO: {global_batch // generations} problems x {generations} replies per optimizer step, replies up to "
+            f"{seq} tokens with the prompt (an upper bound); generation decodes a token at a time, far below the MFU "
+            "of training, so its hours are a lower bound"
+        )
     else:
         seq = recipe.get("max_length", 1024)
         pairs = data["rows"] - (holdout if holdout >= 1 else round(data["rows"] * holdout))
@@ -224,11 +243,15 @@ def plan_stage(stage: str, recipe_path: str, overrides: dict, num_gpus: int, gpu
         unit, per_step_amount = "pairs", global_batch
         computed = pairs * 2 * seq * epochs  # chosen and rejected rows, padded: an upper bound
         notes.append("DPO tokens: chosen + rejected rows of up to max_length each (an upper bound)")
-    steps_per_epoch = math.ceil(examples / global_batch)
+    steps_per_epoch = math.ceil(
+        examples / (global_batch // recipe["num_generations"] if stage == "grpo" else global_batch)
+    )
     steps = recipe["max_steps"] if recipe.get("max_steps", -1) > 0 else steps_per_epoch * math.ceil(epochs)
     flops = computed * (6 * params + 12 * layers * hidden * seq)
     if stage == "dpo" and recipe.get("precompute_ref_log_probs"):
         flops += pairs * 2 * seq * 2 * params  # one reference forward per pair before training
+    if stage == "grpo":
+        flops += computed * 2 * params * (2 if recipe.get("beta") else 1)  # the rollout (and a reference's forward)
     name, peak, card = GPUS[gpu]
     hours = {label: flops / (num_gpus * peak * 1e12 * mfu) / 3600 for label, mfu in MFU.items()}
     disk = disk_figures(stage, recipe, data, params, steps, computed / epochs)
@@ -272,7 +295,7 @@ def disk_figures(stage: str, recipe: dict, data: dict, params: int, steps: int, 
     else:
         saves = math.ceil(steps / recipe.get("save_steps", 500))
     kept = min(saves, keep) if keep else saves
-    cache = {"pt": tokens_per_epoch * 4, "sft": (data.get("tokens") or 0) * 16, "dpo": 0}[stage]
+    cache = {"pt": tokens_per_epoch * 4, "sft": (data.get("tokens") or 0) * 16}.get(stage, 0)
     return {
         "download": data["download"],
         "cache": cache,
@@ -348,7 +371,7 @@ def parse_overrides(flags: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> list[StagePlan]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", nargs="?", default="all", choices=["pt", "sft", "dpo", "all"])
+    parser.add_argument("stage", nargs="?", default="all", choices=["pt", "sft", "dpo", "grpo", "all"])
     parser.add_argument("--num_gpus", type=int, default=1, help="GPUs in all (machines x GPUs per machine).")
     parser.add_argument("--gpu", choices=sorted(GPUS), default="h100", help="The card, for its peak and memory.")
     parser.add_argument(
@@ -365,6 +388,8 @@ def main(argv: list[str] | None = None) -> list[StagePlan]:
         parser.error("--num_gpus must be at least 1")
     overrides = parse_overrides(flags)
     stages = ["pt", "sft", "dpo"] if args.stage == "all" else [args.stage]
+    if args.recipes == "t4" and "grpo" in stages:
+        parser.error("GRPO has no T4 recipe: plan it with --recipes full")
     template = "configs/{stage}_full.yaml" if args.recipes == "full" else "configs/{stage}_t4_demo.yaml"
     plans = [
         plan_stage(

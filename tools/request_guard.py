@@ -58,8 +58,11 @@ FIELDS = (
     "seed",
     "stop",
     "user",
+    "chat_template_kwargs",
     *NO_OP_VALUES,
 )
+# The chat template options a request may set (vLLM's and SGLang's field for them): the thinking switch.
+TEMPLATE_OPTIONS = ("enable_thinking",)
 # torch.manual_seed's range
 SEED_RANGE = (-(2**63), 2**64 - 1)
 
@@ -118,6 +121,7 @@ class ChatRequest:
     top_p: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    thinking: bool = False  # chat_template_kwargs.enable_thinking: the reply reasons in a think block first
 
 
 # ---- headers ----
@@ -420,6 +424,21 @@ def _stop(value, limits: RequestLimits) -> list[str]:
     return stops
 
 
+def _thinking(value) -> bool:
+    if value is None:
+        return False
+    if not (
+        isinstance(value, dict)
+        and set(value) <= set(TEMPLATE_OPTIONS)
+        and isinstance(value.get("enable_thinking", False), bool)
+    ):
+        raise _bad(
+            "'chat_template_kwargs' is {'enable_thinking': true|false} (the chat template's thinking switch)",
+            "chat_template_kwargs",
+        )
+    return value.get("enable_thinking", False)
+
+
 def parse_chat_request(body, limits: RequestLimits, model_names: tuple[str, ...]) -> ChatRequest:
     """A ``ChatRequest`` from a parsed body, or ``ApiError``. ``model_names``: what the served model answers to
     (the first is the one an error names)."""
@@ -470,4 +489,5 @@ def parse_chat_request(body, limits: RequestLimits, model_names: tuple[str, ...]
         top_p=_number(body, "top_p", 0, 1, low_open=True),
         seed=seed,
         stop=_stop(body.get("stop"), limits),
+        thinking=_thinking(body.get("chat_template_kwargs")),
     )

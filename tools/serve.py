@@ -198,7 +198,52 @@ def chat_prompt_ids(tokenizer, chat: ChatRequest) -> list[int]:
     generation prompt. The one path from a request to ids (a template option such as a thinking switch goes here)."""
     from utils.data.chat import prompt_ids
 
-    return prompt_ids(tokenizer, chat.messages)
+    return prompt_ids(tokenizer, chat.messages, chat.thinking)
+
+
+class ThinkingStream:
+    """A thinking reply's streamed text as ``reasoning_content`` and ``content`` deltas, split as
+    ``utils.data.chat.reply_message`` splits the whole text: the reasoning is what comes before ``</think>``, the
+    answer what follows, each without the spaces around it. Text that may turn out to be the start of ``</think>``,
+    or spaces that may end a part, waits for the next piece (or ``finish``) to say which it is."""
+
+    def __init__(self) -> None:
+        self.pending, self.answering, self.started = "", False, False
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        """``(field, text)`` deltas for a new piece of the reply."""
+        from utils.tokenizer import THINK_CLOSE
+
+        self.pending += text
+        deltas = []
+        if not self.answering:
+            at = self.pending.find(THINK_CLOSE)
+            if at == -1:
+                partial = next(
+                    (k for k in range(len(THINK_CLOSE) - 1, 0, -1) if self.pending.endswith(THINK_CLOSE[:k])), 0
+                )
+                ready = self.pending[: len(self.pending) - partial].rstrip()
+                self.pending = self.pending[len(ready) :]
+                return self._delta("reasoning_content", ready)
+            deltas += self._delta("reasoning_content", self.pending[:at].rstrip())
+            self.answering, self.started, self.pending = True, False, self.pending[at + len(THINK_CLOSE) :]
+        ready = self.pending.rstrip()
+        self.pending = self.pending[len(ready) :]
+        return deltas + self._delta("content", ready)
+
+    def finish(self) -> list[tuple[str, str]]:
+        """At the end of the reply: what was held back, but the spaces that ended it (a block that never closed
+        is all reasoning)."""
+        text, self.pending = self.pending.rstrip(), ""
+        return self._delta("content" if self.answering else "reasoning_content", text)
+
+    def _delta(self, name: str, text: str) -> list[tuple[str, str]]:
+        if not self.started:
+            text = text.lstrip()
+        if not text:
+            return []
+        self.started = True
+        return [(name, text)]
 
 
 # ---- loading ----
@@ -218,7 +263,7 @@ class Served:
 
 def resolve_device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
     """``auto`` settled: the GPU if there is one; the precision that device computes in (``inference_dtype``)."""
-    from utils.train.hardware import inference_dtype, resolve_device
+    from utils.devices import inference_dtype, resolve_device
 
     device = resolve_device(device)
     if dtype == "auto":
@@ -234,6 +279,7 @@ def load_served(args: ServeArguments, files: CheckpointFiles) -> Served:
     from transformers.utils import logging as hf_logging
 
     from utils.generation import build_generation_config
+    from utils.tokenizer import upgrade_legacy_template
 
     hf_logging.disable_progress_bar()  # a bar per load says nothing in a server's log
     check_weights_fit_config(files)
@@ -258,6 +304,7 @@ def load_served(args: ServeArguments, files: CheckpointFiles) -> Served:
         tokenizer = AutoTokenizer.from_pretrained(files.path, trust_remote_code=False)
     except Exception as err:  # whatever the tokenizer files make transformers raise: name them, no traceback
         raise CheckpointError(f"{files.path}: the tokenizer does not load ({one_line(err)})") from None
+    upgrade_legacy_template(tokenizer)  # an earlier version of our template gains the thinking switch
     device, dtype = resolve_device_and_dtype(args.device, args.dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(files.path, dtype=getattr(torch, dtype), trust_remote_code=False)
@@ -340,6 +387,8 @@ def build_app(served: Served, args: ServeArguments, limits: RequestLimits, worke
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
+    from utils.data.chat import reply_message
+
     names = (served.name, str(served.files.path))
 
     async def health(request):
@@ -362,9 +411,9 @@ def build_app(served: Served, args: ServeArguments, limits: RequestLimits, worke
         worker.submit(job)
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
         if chat.stream:
-            events = _stream(job, base, len(prompt), chat.include_usage)
+            events = _stream(job, base, len(prompt), chat.include_usage, chat.thinking)
             return StreamingResponse(events, media_type="text/event-stream")
-        return await _whole(job, base, len(prompt), request)
+        return await _whole(job, base, len(prompt), request, chat.thinking)
 
     async def _events(job: Job):
         """The job's events until its end; the worker's count and the job are released however this ends."""
@@ -379,10 +428,12 @@ def build_app(served: Served, args: ServeArguments, limits: RequestLimits, worke
             job.cancelled.set()  # the client left, or the answer ended: either way the worker may stop
             worker.finished(time.monotonic() - started)
 
-    async def _stream(job: Job, base: dict, prompt_tokens: int, include_usage: bool):
+    async def _stream(job: Job, base: dict, prompt_tokens: int, include_usage: bool, thinking: bool):
         """OpenAI's chunks: the role, the text piece by piece, the finish reason, the usage if asked; then [DONE].
+        With thinking the reasoning comes as ``reasoning_content`` deltas before the answer's ``content`` ones.
         An error after the answer started is an event with OpenAI's error object (the client raises it)."""
         base = {**base, "object": "chat.completion.chunk"}
+        split = ThinkingStream() if thinking else None
 
         def chunk(delta: dict, finish_reason: str | None = None) -> str:
             return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
@@ -390,8 +441,11 @@ def build_app(served: Served, args: ServeArguments, limits: RequestLimits, worke
         yield chunk({"role": "assistant", "content": ""})
         async for event in _events(job):
             if event[0] == "text":
-                yield chunk({"content": event[1]})
+                for name, text in split.feed(event[1]) if split else [("content", event[1])]:
+                    yield chunk({name: text})
             elif event[0] == "end":
+                for name, text in split.finish() if split else []:
+                    yield chunk({name: text})
                 yield chunk({}, event[1])
                 if include_usage:
                     yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, event[2])})
@@ -399,7 +453,7 @@ def build_app(served: Served, args: ServeArguments, limits: RequestLimits, worke
                 yield _sse(json.loads(ApiError(event[1], event[2]).body()))
         yield "data: [DONE]\n\n"
 
-    async def _whole(job: Job, base: dict, prompt_tokens: int, request):
+    async def _whole(job: Job, base: dict, prompt_tokens: int, request, thinking: bool):
         """The whole answer, or nothing when the client leaves first (the job is then cancelled)."""
         texts, end = [], None
 
@@ -425,7 +479,7 @@ def build_app(served: Served, args: ServeArguments, limits: RequestLimits, worke
             return Response(status_code=499)  # nginx's "client closed request", for the log
         if end[0] == "error":
             raise ApiError(end[1], end[2])
-        message = {"role": "assistant", "content": "".join(texts)}
+        message = {"role": "assistant", **reply_message("".join(texts), thinking)}
         choice = {"index": 0, "message": message, "finish_reason": end[1]}
         answer = {**base, "object": "chat.completion", "choices": [choice], "usage": _usage(prompt_tokens, end[2])}
         return JSONResponse(answer)

@@ -15,6 +15,10 @@ HTML after a sanitizer that keeps forms, password fields and images, so an answe
 the page or make the browser fetch a URL that carries data out. With Markdown on, images, LaTeX and Mermaid
 diagrams fetch and draw more. So each answer is HTML-escaped before it is shown (``as_shown``), Markdown, LaTeX and
 Mermaid are off, and the escaping is undone when the history goes back to the model (``build_messages``).
+
+The "Thinking" box turns on the chat template's thinking switch (``chat_template_kwargs``, as vLLM takes it): the
+server returns the reasoning apart (``reasoning_content``), which the page shows folded above the answer and never
+sends back: the next question carries the answers only, as OpenAI-compatible servers expect.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ LABELS = {
     "temperature": "温度 / Temperature (0 = greedy)",
     "top_p": "Top-p",
     "max_tokens": "最大生成长度 / Max new tokens",
+    "thinking": "思考 / Thinking (the model reasons first)",
+    "thought": "💭 思考过程 / Reasoning",
     "settings": "设置 / Settings",
     "placeholder": "输入消息，回车发送 / Type a message, Enter to send",
     "send": "发送 / Send",
@@ -98,11 +104,12 @@ def as_shown(text: str) -> str:
 
 def build_messages(message: str, history: list, system_prompt: str = "") -> list[dict]:
     """OpenAI messages: the system prompt (if any), Gradio's history (``[{"role", "content"}, ...]``) without the
-    page's own notes and with the answers as the model wrote them (``as_shown`` undone), then the new message."""
+    page's own notes and shown reasoning (a message with a ``metadata`` title) and with the answers as the model wrote
+    them (``as_shown`` undone), then the new message."""
     messages = [{"role": "system", "content": system_prompt.strip()}] if system_prompt.strip() else []
     for turn in history or []:
         role = turn.get("role") if isinstance(turn, dict) else None
-        if role not in ("user", "assistant"):
+        if role not in ("user", "assistant") or (turn.get("metadata") or {}).get("title"):
             continue
         text = content_text(turn.get("content"))
         if role == "assistant" and text.startswith(NOTE_PREFIX):
@@ -119,7 +126,22 @@ def build_demo(args: WebArguments):
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key or "none", timeout=args.timeout, max_retries=0)
     chosen = {"model": args.model}
 
-    def respond(message: str, history: list, system_prompt: str, temperature: float, top_p: float, max_tokens: int):
+    def shown(reasoning: str, text: str):
+        """The answer as the chat shows it; with reasoning, that first as a folded message."""
+        if not reasoning:
+            return as_shown(text)
+        thought = gr.ChatMessage(role="assistant", content=as_shown(reasoning), metadata={"title": LABELS["thought"]})
+        return [thought, gr.ChatMessage(role="assistant", content=as_shown(text) or LABELS["empty"])]
+
+    def respond(
+        message: str,
+        history: list,
+        system_prompt: str,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        thinking: bool = False,
+    ):
         try:
             chosen["model"] = chosen["model"] or client.models.list().data[0].id
             stream = client.chat.completions.create(
@@ -129,13 +151,17 @@ def build_demo(args: WebArguments):
                 temperature=float(temperature),
                 top_p=float(top_p),
                 max_tokens=int(max_tokens),
+                # Only when asked for: a server without the switch then still answers the other requests.
+                extra_body={"chat_template_kwargs": {"enable_thinking": True}} if thinking else None,
             )
-            text = ""
+            reasoning = text = ""
             for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    text += chunk.choices[0].delta.content
-                    yield as_shown(text)
-            if not text:
+                delta = chunk.choices[0].delta if chunk.choices else None
+                if delta is not None and (getattr(delta, "reasoning_content", None) or delta.content):
+                    reasoning += getattr(delta, "reasoning_content", None) or ""
+                    text += delta.content or ""
+                    yield shown(reasoning, text)
+            if not text and not reasoning:
                 yield LABELS["empty"]
         except openai.APIConnectionError:
             yield as_shown(f"{LABELS['no_server']}: {args.base_url}")
@@ -164,6 +190,7 @@ def build_demo(args: WebArguments):
             gr.Slider(0.0, 2.0, value=args.temperature, step=0.05, label=LABELS["temperature"]),
             gr.Slider(0.05, 1.0, value=args.top_p, step=0.05, label=LABELS["top_p"]),
             gr.Slider(1, 4096, value=args.max_new_tokens, step=1, label=LABELS["max_tokens"]),
+            gr.Checkbox(value=False, label=LABELS["thinking"], elem_id="thinking"),
         ],
         additional_inputs_accordion=gr.Accordion(label=LABELS["settings"], open=True),
         title=LABELS["title"],

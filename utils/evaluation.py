@@ -13,8 +13,8 @@ import torch
 from transformers import PreTrainedModel
 
 from utils.data.collate import IGNORE_INDEX
+from utils.devices import inference_dtype, release_cached_memory
 from utils.modeling import load_causal_lm
-from utils.train.hardware import inference_dtype, release_cached_memory
 
 
 @torch.no_grad()

@@ -49,6 +49,14 @@ def default_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationC
     return GenerationConfig(**SAMPLING_DEFAULTS, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
 
 
+def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase, generation_config: GenerationConfig) -> list[int]:
+    """The ids that end a reply: the generation config's end ids, then the tokenizer's end-of-turn and pad ids (a
+    reply that stops at the pad id, as TRL counts them, ended too)."""
+    eos = generation_config.eos_token_id
+    ids = list(eos) if isinstance(eos, list) else [] if eos is None else [eos]
+    return ids + [i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None and i not in ids]
+
+
 def is_chat_checkpoint(path: str) -> bool:
     """A PT checkpoint continues raw text; SFT/DPO checkpoints (and foreign ones) are chat models."""
     return (read_run_info(path) or {}).get("stage") != "pt"
@@ -73,13 +81,15 @@ def generate(
     prompt: str | list[dict],
     generation_config: GenerationConfig,
     streamer: TextStreamer | None = None,
+    thinking: bool = False,
 ) -> Generation:
-    """Generate after ``prompt``: a list of chat messages (rendered with the generation prompt) or raw
-    text to continue. Stops at the generation config's EOS ids or ``max_new_tokens``."""
+    """Generate after ``prompt``: a list of chat messages (rendered with the generation prompt; with ``thinking``,
+    an opened think block) or raw text to continue. Stops at the generation config's EOS ids or
+    ``max_new_tokens``."""
     if isinstance(prompt, str):
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     else:
-        ids = prompt_ids(tokenizer, prompt)
+        ids = prompt_ids(tokenizer, prompt, thinking)
     input_ids = torch.tensor([ids], device=model.device)
     output = model.generate(
         input_ids=input_ids,
@@ -87,11 +97,44 @@ def generate(
         generation_config=generation_config,
         streamer=streamer,
     )
-    new = output[0, len(ids) :].tolist()
+    return _generation(tokenizer, output[0, len(ids) :].tolist(), generation_config)
+
+
+def _generation(tokenizer: PreTrainedTokenizerBase, new: list[int], generation_config: GenerationConfig) -> Generation:
+    """The ids generated after a prompt, cut after the first end-of-turn id (a batch pads after it)."""
     eos = generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos])
+    end = next((i + 1 for i, token in enumerate(new) if token in eos_ids), len(new))
+    new = new[:end]
     ended = bool(new) and new[-1] in eos_ids
     return Generation(tokenizer.decode(new, skip_special_tokens=True), new, ended)
+
+
+@torch.no_grad()
+def generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict]],
+    generation_config: GenerationConfig,
+    thinking: bool = False,
+    batch_size: int = 16,
+) -> list[Generation]:
+    """``generate`` for many chat prompts, ``batch_size`` at a time, left-padded (the padding is masked: replies
+    differ from one-by-one generation by float rounding at most). Several times faster on small models, whose
+    time goes to the per-step overhead rather than to the arithmetic."""
+    results = []
+    for start in range(0, len(prompts), batch_size):
+        batch = [prompt_ids(tokenizer, p, thinking) for p in prompts[start : start + batch_size]]
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in batch])
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch])
+        output = model.generate(
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention_mask.to(model.device),
+            generation_config=generation_config,
+        )
+        results += [_generation(tokenizer, row[width:].tolist(), generation_config) for row in output]
+    return results
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}

@@ -61,7 +61,49 @@ ADDED_TOKENS: list[tuple[str, int, bool]] = [
 # No default system prompt: the training data (Infinity-Instruct) mostly has none. A final assistant
 # message ends at <|im_end|> (no newline after it), so training rows and DPO replies end exactly
 # where generation stops.
+#
+# Thinking (``apply_chat_template(..., enable_thinking=True)``, the switch Qwen3 uses): every assistant turn opens
+# a think block before its answer, ``<think>\n{reasoning_content}\n</think>\n\n{content}``, and the generation
+# prompt ends with ``<think>\n``, so a thinking model always starts by reasoning. The opening ``<think>\n`` is
+# part of the prompt (never supervised); the reasoning, ``</think>`` and the answer are. Unset or false, the
+# template renders exactly what it rendered before the switch existed (``LEGACY_CHAT_TEMPLATES``; a test compares
+# the ids), and ``reasoning_content`` is not shown.
+#
+# ``<think>`` and ``</think>`` are plain text, not added tokens: with an added token, every existing text that
+# spells "<think>" (pretraining pages, user messages) would get other ids than it has today, every tokenizer
+# folder already saved (the Qwen one and the 4k demo one) would need new files and possibly new embedding rows, and
+# a model trained from scratch would meet the new ids untrained. As text they cost three tokens each
+# (``<th`` ``ink`` ``>``), the model reads them with everything it learned, and old checkpoints gain the switch
+# by their template alone.
+THINKING_SWITCH = "enable_thinking"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_IF_THINKING = "{%- if " + THINKING_SWITCH + " is defined and " + THINKING_SWITCH + " -%}"
 CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    f"{_IF_THINKING}"
+    f"{{{{- '{THINK_OPEN}\\n' -}}}}"
+    "{%- generation -%}"
+    f"{{{{- (message['reasoning_content'] | default('', true) | trim) + '\\n{THINK_CLOSE}\\n\\n' -}}}}"
+    "{{- message['content'] + '<|im_end|>' -}}"
+    "{%- endgeneration -%}"
+    "{%- else -%}"
+    "{%- generation -%}{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}"
+    "{%- endif -%}"
+    "{%- if not loop.last -%}{{- '\\n' -}}{%- endif -%}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+    f"{_IF_THINKING}{{{{- '{THINK_OPEN}\\n' -}}}}{{%- endif -%}}"
+    "{%- endif -%}"
+)
+# Earlier versions of CHAT_TEMPLATE, saved with checkpoints that predate the thinking switch. They render what
+# CHAT_TEMPLATE renders with thinking off, so ``load_tokenizer`` replaces them by the current one: old checkpoints
+# chat identically and gain the switch.
+LEGACY_CHAT_TEMPLATES = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
@@ -71,7 +113,7 @@ CHAT_TEMPLATE = (
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}",
 )
 
 
@@ -151,8 +193,9 @@ def has_tokenizer_files(path: str | Path) -> bool:
 def load_tokenizer(path: str | Path = DEFAULT_TOKENIZER_DIR) -> PreTrainedTokenizerBase:
     """Load the tokenizer from ``path``; if the folder has no tokenizer files, build Qwen2.5's offline.
 
-    A tokenizer without a chat template (e.g. a bare download) gets ours, so every stage formats chats
-    the same way. Downloaded Qwen files keep their own template, which produces the same ChatML.
+    A tokenizer without a chat template with ``{% generation %}`` markers (e.g. a bare download, whose template
+    produces the same ChatML) gets ours, so every stage formats chats the same way; so does one saved with an
+    earlier version of ours (``LEGACY_CHAT_TEMPLATES``), which renders the same bytes with thinking off.
     """
     if has_tokenizer_files(path):
         tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -163,7 +206,20 @@ def load_tokenizer(path: str | Path = DEFAULT_TOKENIZER_DIR) -> PreTrainedTokeni
         tokenizer.pad_token = PAD_TOKEN
     if not tokenizer.chat_template or "generation" not in tokenizer.chat_template:
         tokenizer.chat_template = CHAT_TEMPLATE
+    return upgrade_legacy_template(tokenizer)
+
+
+def upgrade_legacy_template(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """A template saved by an earlier version of this project becomes the current one (the same bytes with thinking
+    off, and the switch); any other template is left as it is."""
+    if tokenizer.chat_template in LEGACY_CHAT_TEMPLATES:
+        tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def supports_thinking(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer's chat template has the thinking switch (ours does; a foreign one may not)."""
+    return THINKING_SWITCH in (tokenizer.chat_template or "")
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -143,3 +143,36 @@ def test_memory_reads_a_recipe_with_the_stage_defaults(capsys):
 def test_memory_measure_needs_a_gpu():
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         memory.main(["--shape", "tiny", "--seq_len", "64", "--measure"])
+
+
+def test_memory_grpo_rollout_keeps_its_key_value_cache():
+    """GRPO's rollout holds the key/value cache of every reply at full length (bf16 under autocast) before the
+    update: once the rollout outweighs the update (here from a few hundred replies), the peak grows by at least the
+    cache's bytes as the rollout grows."""
+    shape = memory.SHAPES["tiny"]
+    grpo = tiny_setup(stage="grpo")
+    peaks = {
+        rows: memory.estimate(memory.Setup(**{**grpo.__dict__, "rollout_rows": rows}))["peak"]
+        for rows in (0, 512, 1024)
+    }
+    head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+    cache_per_row = shape["num_hidden_layers"] * 2 * shape["num_key_value_heads"] * head_dim * grpo.seq_len * 2
+    assert peaks[0] < peaks[512] < peaks[1024]
+    assert (peaks[1024] - peaks[512]) * 2**30 >= 512 * cache_per_row
+
+
+def test_memory_reads_a_grpo_recipe(capsys):
+    row = memory.main(["--config", "configs/grpo_demo.yaml", "--shape", "tiny"])
+    out = capsys.readouterr().out
+    assert "GRPO configs/grpo_demo.yaml" in out and "a rollout of 64 replies generated at once" in out
+    assert "micro-batch 16 x 192 tokens" in out  # 128 prompt + 64 reply tokens
+    assert row["peak"] > 0
+
+
+def test_grpo_speed_smoke(capsys):
+    from benchmarks import grpo_speed
+
+    (row,) = grpo_speed.main(["--rollouts", "32", "--steps", "2", "--max_completion_length", "4"])
+    assert row["rollout"] == 32 and row["completions_per_s"] > 0 and row["trained_tokens_per_s"] > 0
+    assert row["mean_reply_tokens"] == 4  # a random model never stops: every reply is as long as allowed
+    assert "completions/s" in capsys.readouterr().out

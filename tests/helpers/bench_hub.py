@@ -8,14 +8,16 @@ recorded one (as the Hub answers an unknown revision), and a repository named in
 
 from __future__ import annotations
 
+import json
 import sys
 import zipfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from huggingface_hub.utils import filter_repo_objects
 
 from tests.helpers import MINI_DATA, ROOT
-from tools.bench_data import BENCH_SOURCES, expand_layout, hub_listing, listed_files
+from tools.bench_data import BENCH_SOURCES, GSM8K_ZH_FILE, expand_layout, hub_listing, listed_files
 
 FIXTURES = MINI_DATA / "bench"
 # A CMMLU row whose options a type-guessing CSV reader would change ("2" -> 2.0, "NA" and "None" -> null).
@@ -35,7 +37,8 @@ def selected_files(folder: str) -> list[str]:
 
 def write_served_files(folder: str, paths: list[str], local_dir: Path) -> None:
     """Each path under ``local_dir``: a parquet file as a copy of a fixture of the same split (same file name) of
-    that benchmark, the CMMLU release zip as the recorded archive layout of small CSVs, anything else a short text."""
+    that benchmark, GSM8K_zh's JSON from its fixtures, the CMMLU release zip as the recorded archive layout of small
+    CSVs, anything else a short text."""
     for path in paths:
         target = local_dir / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -44,12 +47,32 @@ def write_served_files(folder: str, paths: list[str], local_dir: Path) -> None:
             if not same_split:
                 raise FileNotFoundError(f"no fixture named {Path(path).name} under {FIXTURES / folder} for {path}")
             target.write_bytes(same_split[0].read_bytes())
+        elif path == GSM8K_ZH_FILE:
+            target.write_text(json.dumps(gsm8k_zh_records(), ensure_ascii=False), encoding="utf-8")
         elif path.endswith(".zip"):
             with zipfile.ZipFile(target, "w") as bundle:
                 for member in expand_layout(hub_listing(folder)["archive_files"]):
                     bundle.writestr(member, CMMLU_CSV)
         else:
             target.write_text(f"{path} of {folder}\n", encoding="utf-8")
+
+
+def gsm8k_zh_records() -> list[dict]:
+    """GSM8K_zh's one JSON as the Hub holds it, made from the fixture rows: training records with a Chinese worked
+    solution, test records with the question and the number only, told apart by ``split``."""
+    records = []
+    for split in ("train", "test"):
+        for row in pq.read_table(FIXTURES / "gsm8k_zh" / f"{split}-00000-of-00001.parquet").to_pylist():
+            solution, number = row["answer"].rsplit("#### ", 1)
+            record = {
+                "question": "",
+                "answer": "",
+                "answer_only": number,
+                "split": split,
+                "question_zh": row["question"],
+            }
+            records.append(record | ({"answer_zh": solution.strip()} if split == "train" else {}))
+    return records
 
 
 def fake_hf_cli(tmp_path: Path) -> tuple[Path, Path]:

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, TrainingArguments
 import mini_qwen_eval
 from mini_qwen_eval import EvalArguments, _cell
 from tests.helpers import TINY_SHAPE
+from utils.data.chat import prompt_ids, reply_message
 from utils.evaluation import distinct_n, perplexity_and_bpb, repeated_ngram_share, text_nll
 from utils.generation import CollectingStreamer, build_generation_config, generate, unescape
 
@@ -152,9 +153,9 @@ def test_interactive_history_reset_escapes_and_quit(memorised, monkeypatch, caps
     seen = []
     real_generate = mini_qwen_eval.generate
 
-    def spy(model, tokenizer, prompt, config, streamer=None):
+    def spy(model, tokenizer, prompt, config, streamer=None, thinking=False):
         seen.append((prompt, config.max_new_tokens))
-        return real_generate(model, tokenizer, prompt, config, streamer)
+        return real_generate(model, tokenizer, prompt, config, streamer, thinking)
 
     monkeypatch.setattr(mini_qwen_eval, "generate", spy)
     session = "Hello\\nthere\n/set max_new_tokens=3\nSecond\n/reset\nThird\n/quit\nnever read\n"
@@ -182,6 +183,34 @@ def test_ctrl_c_stops_the_answer_not_the_session(memorised, monkeypatch, capsys)
     args = EvalArguments(model_name_or_path=[str(memorised[0] / "pt")], mode="raw")
     mini_qwen_eval.chat_loop(args, stdin=io.StringIO("one\ntwo\n/quit\n"))
     assert len(calls) == 2 and "[stopped]" in capsys.readouterr().out
+
+
+def test_thinking_switch_renders_the_think_block_and_keeps_the_reasoning_apart(tmp_path, memorised, monkeypatch):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "2+2?"}\n', encoding="utf-8")
+    rendered = []
+    real_generate = mini_qwen_eval.generate
+
+    def spy(model, tokenizer, prompt, config, streamer=None, thinking=False):
+        rendered.append(tokenizer.decode(prompt_ids(tokenizer, prompt, thinking)))
+        return real_generate(model, tokenizer, prompt, config, streamer, thinking)
+
+    monkeypatch.setattr(mini_qwen_eval, "generate", spy)
+    args = EvalArguments(
+        model_name_or_path=[str(memorised[0] / "pt")],
+        mode="chat",
+        prompts=str(prompts),
+        output_dir=str(tmp_path / "out"),
+        max_new_tokens=6,
+        enable_thinking=True,
+    )
+    (row,) = mini_qwen_eval.main(args)
+    assert rendered == ["<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n"]
+    assert set(row) >= {"output", "reasoning"}  # six tokens cannot close the block: all reasoning, no answer
+    assert row["output"] == "" and row["reasoning"]
+    parts = reply_message(" 2 + 2 = 4\n</think>\n\nThe answer is 4.", thinking=True)
+    assert parts == {"content": "The answer is 4.", "reasoning_content": "2 + 2 = 4"}
+    assert reply_message("Hello", thinking=False) == {"content": "Hello"}
 
 
 def test_pt_checkpoint_is_raw_mode(memorised):

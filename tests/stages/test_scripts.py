@@ -123,6 +123,7 @@ def test_each_mode_runs_its_own_command(stub_venv):
         ],
         ("sft",): ["mini_qwen_sft.py", "--config", "configs/sft_full.yaml"],
         ("dpo",): ["mini_qwen_dpo.py", "--config", "configs/dpo_full.yaml"],
+        ("grpo",): ["mini_qwen_grpo.py", "--config", "configs/grpo_full.yaml"],
         ("eval", "--model_name_or_path", "results/dpo"): ["mini_qwen_eval.py", "--model_name_or_path", "results/dpo"],
         ("demo", "--max_steps", "2"): ["-m", "demo.run_all", "--max_steps", "2"],
         ("test", "-k", "x"): ["-m", "pytest", "-q", "--durations=10", "tests", "-k", "x"],

@@ -155,6 +155,7 @@ def test_report_files_and_random_guess(bench_run):
     assert guess["arc_easy"] == {"acc": pytest.approx((3 / 4 + 1 / 3 + 1 / 5) / 5), "n": 5}
     assert guess["arc_challenge"] == {"acc": pytest.approx((2 / 4 + 1 / 3) / 3), "n": 3}
     assert guess["hellaswag"] == {"acc": 0.25, "n": 4} and guess["gsm8k"] == {"acc": 0.0, "n": 3}
+    assert guess["gsm8k_zh"] == {"acc": 0.0, "n": 3}
     for label in ("pt", "sft"):
         results = saved["results"][label]
         assert {task: results[task]["n"] for task in ALL_TASKS} == {t: guess[t]["n"] for t in ALL_TASKS}
@@ -165,7 +166,8 @@ def test_report_files_and_random_guess(bench_run):
     rows = [line.split(" | ") for line in lines[4 : 4 + len(ALL_TASKS)]]
     assert [row[0].split(":")[0] for row in rows] == [f"| {SPECS[t]['title']}" for t in ALL_TASKS]
     for row, task in zip(rows, ALL_TASKS, strict=True):
-        metric = {"gsm8k": "exact_match,strict-match", "hellaswag": "acc_norm,none"}.get(task, "acc,none")
+        strict = "exact_match,strict-match"
+        metric = {"gsm8k": strict, "gsm8k_zh": strict, "hellaswag": "acc_norm,none"}.get(task, "acc,none")
         assert row[1] == metric.split(",")[0] and row[2] == str(guess[task]["n"])
         assert row[-1] == f"{guess[task]['acc']:.2f} |"
         for column, label in ((3, "pt"), (4, "sft")):
@@ -432,6 +434,7 @@ def test_fixtures_keep_the_hub_schemas():
     assert schema("ai2_arc/ARC-Easy/test-00000-of-00001.parquet")["choices"] == arc_choices
     assert schema("hellaswag/data/validation-00000-of-00001.parquet")["label"] == "string"
     assert schema("gsm8k/main/test-00000-of-00001.parquet") == {"question": "string", "answer": "string"}
+    assert schema("gsm8k_zh/test-00000-of-00001.parquet") == {"question": "string", "answer": "string"}
 
 
 def test_the_eval_report_includes_the_bench_table(tmp_path, bench_run, checkpoints):
@@ -450,3 +453,24 @@ def test_the_eval_report_includes_the_bench_table(tmp_path, bench_run, checkpoin
     )
     report = (tmp_path / "e" / "report.md").read_text()
     assert report.endswith("# Benchmarks\n\n" + (out / "bench.md").read_text())
+
+
+def test_thinking_scores_what_follows_the_think_block(tmp_path, checkpoints):
+    """--enable_thinking: the prompts open a think block (the chat template's switch), lm_eval is told where it
+    ends, and the table shows flexible-extract; log-likelihood tasks and raw-text checkpoints are refused."""
+    args = bench_args(
+        tmp_path, checkpoints, tasks=["gsm8k", "gsm8k_zh"], enable_thinking=True, log_samples=True, max_gen_toks=8
+    )
+    args.model_name_or_path = [str(checkpoints / "sft")]
+    report = main(args)
+    assert report["headline"] == {"gsm8k": "exact_match,flexible-extract", "gsm8k_zh": "exact_match,flexible-extract"}
+    raw = json.loads((tmp_path / "out" / "raw" / "sft.json").read_text())
+    for task in ("local_gsm8k", "local_gsm8k_zh"):
+        context = raw["samples"][task][0]["arguments"][0][0]
+        assert context.endswith("<|im_start|>assistant\n<think>\n")
+    assert raw["config"]["model_args"]["think_end_token"] == "</think>"
+    assert "GSM8K_zh" in (tmp_path / "out" / "bench.md").read_text()
+    with pytest.raises(SystemExit, match="arc_easy score.*by log-likelihood"):
+        main(bench_args(tmp_path, checkpoints, tasks=["gsm8k", "arc_easy"], enable_thinking=True))
+    with pytest.raises(SystemExit, match="scored on raw text"):
+        main(bench_args(tmp_path, checkpoints, tasks=["gsm8k"], enable_thinking=True))

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import MINI_DATA, ROOT
 from tests.helpers.bench_hub import FIXTURES, fake_hf_cli, selected_files, write_served_files
 from tools.bench_data import BENCH_SOURCES, hub_listing, listed_files, normalize_bench_folder
 
@@ -105,6 +105,7 @@ def test_recorded_split_sizes():
         "arc_challenge": 1172,
         "hellaswag": 10042,
         "gsm8k": 1319,
+        "gsm8k_zh": 1319,
     }
 
 
@@ -176,21 +177,29 @@ def test_bench_stage_downloads_every_benchmark_at_its_revision(tmp_path):
         "arc_challenge": (0, 0),
         "hellaswag": (0, 0),
         "gsm8k": (0, 0),
+        "gsm8k_zh": (0, 0),
     }
-    assert "summary: 6 arrived, 0 did not" in done.stderr
+    converted = pq.read_table(data / "gsm8k_zh/test-00000-of-00001.parquet").to_pylist()
+    assert converted == pq.read_table(MINI_DATA / "bench/gsm8k_zh/test-00000-of-00001.parquet").to_pylist()
+    sources = len(BENCH_SOURCES)
+    assert f"summary: {sources} arrived, 0 did not" in done.stderr
     again = run_download(tmp_path, cli)
-    assert again.stderr.count("already complete, skipping") == 6 and len(calls.read_text().splitlines()) == 6
+    assert again.stderr.count("already complete, skipping") == sources
+    assert len(calls.read_text().splitlines()) == sources
 
 
 def test_one_failing_benchmark_does_not_stop_the_others(tmp_path):
     cli, calls = fake_hf_cli(tmp_path)
     done = run_download(tmp_path, cli, FAKE_HF_FAIL="Rowan/hellaswag")
     assert done.returncode == 1
-    assert [json.loads(line)[1] for line in calls.read_text().splitlines()][-2:] == ["Rowan/hellaswag", "openai/gsm8k"]
+    assert [json.loads(line)[1] for line in calls.read_text().splitlines()][-3:-1] == [
+        "Rowan/hellaswag",
+        "openai/gsm8k",
+    ]
     data = tmp_path / "data" / "bench"
     assert (data / "gsm8k/.complete").is_file() and not (data / "hellaswag/.complete").exists()
     summary = done.stderr[done.stderr.index("summary:") :]
-    assert "summary: 5 arrived, 1 did not" in summary
+    assert f"summary: {len(BENCH_SOURCES) - 1} arrived, 1 did not" in summary
     assert re.search(r"arrived  \S*gsm8k: 2 files, [\d.]+ MB from openai/gsm8k@740312add88f", summary)
     assert re.search(r"MISSING  \S*hellaswag: `\S+ download Rowan/hellaswag \.\.\.` exited with status 1", summary)
     assert done.stderr.strip().splitlines()[-1].endswith("1 download(s) did not arrive: " + str(data / "hellaswag"))

@@ -101,3 +101,20 @@ def test_the_plan_command_estimates_memory_for_real_on_a_small_shape(capsys, tmp
     out = capsys.readouterr().out
     assert "Plan for 1 x T4 16GB" in out and "| GPU memory per device |" in out
     assert (tmp_path / "plan.json").is_file()
+
+
+def test_grpo_steps_count_problems_not_replies():
+    """An optimizer step of GRPO trains on 8 replies to each of global batch / 8 problems; the held-out problems
+    are never trained on; a reply is rolled out (2N per token) and trained on (6N), at most prompt + reply tokens."""
+    grpo = plan.plan_stage("grpo", str(plan.REPO_ROOT / "configs/grpo_full.yaml"), {}, 6, "h800", memory=False)
+    problems = 7_473 + 7_473 - 200
+    assert grpo.global_batch == 384 and grpo.steps == math.ceil(problems / (384 // 8))
+    assert grpo.per_step == "384 replies" and grpo.disk["cache"] == 0
+    params, layers, hidden = plan.shape_parameters({}, "grpo")
+    tokens = problems * 8 * (256 + 512)
+    assert grpo.time["flops"] == pytest.approx(
+        tokens * (6 * params + 12 * layers * hidden * 768) + tokens * 2 * params
+    )
+    assert "a lower bound" in plan.render([grpo], 6, "h800")
+    with pytest.raises(SystemExit):
+        plan.main(["grpo", "--recipes", "t4", "--no_memory"])

@@ -30,7 +30,7 @@ from tests.helpers.chat_checkpoint import (
     http_status,
     open_direct,
 )
-from utils.data.chat import prompt_ids
+from utils.data.chat import prompt_ids, reply_message
 from utils.tokenizer import load_tokenizer
 
 pytest_plugins = ["tests.helpers.chat_checkpoint"]
@@ -40,6 +40,7 @@ from tools.generation_worker import AnswerText  # noqa: E402
 from tools.request_guard import ApiError, ChatRequest, RequestLimits  # noqa: E402 - needs uvicorn (serve.txt)
 from tools.serve import (  # noqa: E402
     ServeArguments,
+    ThinkingStream,
     chat_prompt_ids,
     main,
     token_budget,
@@ -611,6 +612,68 @@ def test_the_trained_length_comes_from_run_info_then_config(chat_checkpoint, tmp
 def test_served_prompts_are_the_training_render(tokenizer):
     messages = [{"role": "user", "content": "a <|im_start|>system\nb<|im_end|>"}]
     assert chat_prompt_ids(tokenizer, ChatRequest(messages=messages)) == prompt_ids(tokenizer, messages)
+    thinking = chat_prompt_ids(tokenizer, ChatRequest(messages=messages, thinking=True))
+    assert thinking == prompt_ids(tokenizer, messages, thinking=True)
+    assert tokenizer.decode(thinking).endswith("<|im_start|>assistant\n<think>\n")
+
+
+# ---- thinking ----
+
+THINK = {"chat_template_kwargs": {"enable_thinking": True}}
+
+
+def test_a_thinking_answer_comes_with_its_reasoning_apart(client):
+    """chat_template_kwargs.enable_thinking: the prompt opens a think block and the reply's reasoning comes back as
+    reasoning_content, whole or streamed, split the same way. The tiny model never closes the block (it was not
+    trained to think): all it says is reasoning, and the answer is empty."""
+    whole = client.chat.completions.create(model="mini", messages=HI, max_tokens=12, temperature=0, extra_body=THINK)
+    message = whole.choices[0].message
+    assert message.model_extra["reasoning_content"] and message.content == ""
+    parts = {"reasoning_content": "", "content": ""}
+    for chunk in client.chat.completions.create(
+        model="mini", messages=HI, max_tokens=12, temperature=0, extra_body=THINK, stream=True
+    ):
+        for name in parts:
+            parts[name] += (
+                (chunk.choices[0].delta.model_extra or {}).get(name)
+                or getattr(chunk.choices[0].delta, name, None)
+                or ""
+            )
+    assert parts == {"reasoning_content": message.model_extra["reasoning_content"], "content": ""}
+    plain = client.chat.completions.create(model="mini", messages=HI, max_tokens=12, temperature=0)
+    assert plain.choices[0].message.content == ANSWER and "reasoning_content" not in (
+        plain.choices[0].message.model_extra or {}
+    )
+
+
+@pytest.mark.parametrize("options", [{"enable_thinking": "yes"}, {"enable_thinking": True, "tools": []}, [True]])
+def test_template_options_other_than_the_thinking_switch_are_refused(chat_server, options):
+    status, answer = post(chat_server[1], {**OK, "chat_template_kwargs": options})
+    assert_refused(status, answer, 400, "enable_thinking")
+    assert answer["error"]["param"] == "chat_template_kwargs"
+
+
+@pytest.mark.parametrize("cut", [1, 3, 7, 9, 12, 15])
+def test_a_streamed_thinking_reply_splits_as_the_whole_one(cut):
+    """Wherever the pieces break ("</think>" itself cut in two, spaces at the edges), the deltas add up to what
+    reply_message makes of the whole text."""
+    text = "  3 + 4 = 7\n</think>\n\nThe answer is 7.\n"
+    stream, deltas = ThinkingStream(), []
+    for start in range(0, len(text), cut):
+        deltas += stream.feed(text[start : start + cut])
+    deltas += stream.finish()
+    joined = {name: "".join(t for n, t in deltas if n == name) for name in ("reasoning_content", "content")}
+    assert (
+        joined
+        == reply_message(text, thinking=True)
+        == {"content": "The answer is 7.", "reasoning_content": "3 + 4 = 7"}
+    )
+    assert [n for n, _ in deltas] == sorted((n for n, _ in deltas), key=lambda n: n == "content")  # reasoning first
+    unclosed = ThinkingStream()
+    assert unclosed.feed("still </th") + unclosed.finish() == [
+        ("reasoning_content", "still"),
+        ("reasoning_content", " </th"),
+    ]
 
 
 # ---- slow clients ----

@@ -68,6 +68,31 @@ def test_history_becomes_openai_messages():
     assert build_messages("Hi", [], "") == [{"role": "user", "content": "Hi"}]
 
 
+def test_shown_reasoning_never_goes_back_to_the_model():
+    history = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "2 + 2 = 4", "metadata": {"title": LABELS["thought"]}},
+        {"role": "assistant", "content": "4", "metadata": None},
+    ]
+    assert build_messages("And 3+3?", history) == [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3?"},
+    ]
+
+
+def test_the_thinking_box_asks_for_the_switch_and_shows_the_reasoning_folded(chat_server):
+    """With the box ticked the request carries chat_template_kwargs; the reasoning comes back apart and is shown
+    as a titled (folded) message before the answer. The tiny model never closes its think block: no answer."""
+    demo = build_demo(WebArguments(base_url=chat_server[1]))
+    *_, last = demo.fn("Hi", [], "", 0.0, 0.8, 12, True)
+    thought, answer = last
+    assert thought.metadata["title"] == LABELS["thought"] and thought.content
+    assert answer.content == LABELS["empty"]
+    plain = list(demo.fn("Hi", [], "", 0.0, 0.8, 12, False))
+    assert plain[-1] == ANSWER
+
+
 def test_answers_are_shown_escaped_and_go_back_as_written():
     written = "<b>a</b> &amp; 1 < 2 &lt;\n  x"
     shown = as_shown(written)

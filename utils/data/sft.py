@@ -5,12 +5,18 @@ the tokenizer's chat template -> labels that supervise every assistant reply and
 cannot be used are kept as empty rows carrying the reason, counted, then filtered out. The result is an
 on-disk Arrow dataset that the next run (and the other processes of a multi-GPU run) reuse; its cache key is
 a fingerprint of the input files, the tokenizer and the settings, not a hash of Python objects.
+
+Optionally (``reasoning_data_dir``) math problems with worked solutions join them as conversations that reason
+in a think block before answering (``utils.data.problems.reasoning_messages``): where a thinking model learns the
+layout that GRPO later rewards.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from functools import lru_cache
+from pathlib import Path
 
 import pyarrow.compute as pc
 from datasets import Dataset
@@ -27,6 +33,7 @@ from utils.data.parquet import (
     heldout_fraction,
     read_rows,
 )
+from utils.data.problems import problem_rows, reasoning_messages
 from utils.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -46,17 +53,48 @@ def conversation_text(conversation: list[dict]) -> str:
     return "\n".join(f"{turn.get('from')}: {turn.get('value')}" for turn in conversation)
 
 
+def _records(path: str, reasoning_dir: str | None) -> Iterator[tuple[int, dict | SkipRow | None, bool]]:
+    """``(row, record, thinking)`` of one file: Infinity-Instruct conversations, or (under ``reasoning_dir``) math
+    problems with worked solutions, which become reasoning conversations."""
+    if reasoning_dir is not None and Path(path).resolve().is_relative_to(Path(reasoning_dir).resolve()):
+        for row, record in problem_rows(Path(path)):
+            yield row, record, True
+    else:
+        for _, row, record in read_rows([path], ["conversations"]):
+            yield row, record, False
+
+
 def _sft_rows(
-    files: list[str], tokenizer_dir: str, max_length: int | None, default_system_prompt: str | None, holdout: float
+    files: list[str],
+    tokenizer_dir: str,
+    max_length: int | None,
+    default_system_prompt: str | None,
+    holdout: float,
+    reasoning_dir: str | None = None,
 ):
     """One output row per input row: tokenized, or empty with the reason it is skipped."""
     tokenizer = _worker_tokenizer(tokenizer_dir)
-    for path, row, record in read_rows(files, ["conversations"]):
+    for path in files:
+        yield from _file_rows(tokenizer, path, max_length, default_system_prompt, holdout, reasoning_dir)
+
+
+def _file_rows(tokenizer, path: str, max_length, default_system_prompt, holdout: float, reasoning_dir):
+    """The output rows of one file (see ``_sft_rows``)."""
+    for row, record, thinking in _records(path, reasoning_dir):
         try:
             if record is None:
                 raise SkipRow(INVALID_UTF8)
-            messages = conversation_to_messages(record["conversations"], default_system_prompt)
-            encoded = encode_chat(tokenizer, messages, max_length)
+            if isinstance(record, SkipRow):
+                raise record
+            if thinking:
+                messages = reasoning_messages(record)
+                if default_system_prompt:
+                    messages.insert(0, {"role": "system", "content": default_system_prompt})
+                text = f"{record['question']}\n{record['answer']}"
+            else:
+                messages = conversation_to_messages(record["conversations"], default_system_prompt)
+                text = conversation_text(record["conversations"])
+            encoded = encode_chat(tokenizer, messages, max_length, thinking=thinking)
         except SkipRow as reason:
             yield {
                 "input_ids": [],
@@ -76,7 +114,7 @@ def _sft_rows(
             "labels": encoded.labels,
             "supervised": supervised,
             "truncated": encoded.truncated,
-            "heldout": holdout > 0 and heldout_fraction(conversation_text(record["conversations"])) < holdout,
+            "heldout": holdout > 0 and heldout_fraction(text) < holdout,
             "skip": "",
             "where": "",
         }
@@ -91,12 +129,23 @@ def load_sft_dataset(
     cache_dir: str | None = None,
     tokenizer=None,
     holdout: float = 0.0,
+    reasoning_data_dir: str | None = None,
 ) -> tuple[Dataset, Dataset | None, dict]:
     """Tokenized conversations (``input_ids``, ``labels``) to train on, the held-out ones (a ``holdout`` share chosen
     by ``heldout_fraction`` of each conversation; None without a share), and a summary of what was kept, held out,
-    skipped and cut. ``num_proc`` processes tokenize the files in parallel (one file is never split)."""
+    skipped and cut. ``num_proc`` processes tokenize the files in parallel (one file is never split).
+
+    ``reasoning_data_dir``: math problems with worked solutions (``utils.data.problems``), added as conversations
+    rendered with thinking on (the solution in the think block, then the final number), so that the model learns
+    the layout that GRPO's rewards check."""
     files = [str(p) for p in find_parquet_files(data_dir)]
     logger.info("Found %d parquet files under %s", len(files), data_dir)
+    if reasoning_data_dir:
+        reasoning_files = [str(p) for p in find_parquet_files(reasoning_data_dir)]
+        logger.info(
+            "Found %d problem files under %s (reasoning conversations)", len(reasoning_files), reasoning_data_dir
+        )
+        files += reasoning_files
     tokenizer = tokenizer or load_tokenizer(tokenizer_dir)
     settings = (
         f"sft-v{SFT_CACHE_VERSION}",
@@ -104,6 +153,7 @@ def load_sft_dataset(
         f"{max_length}",
         f"{default_system_prompt}",
         f"holdout={holdout}",
+        *([f"reasoning={reasoning_data_dir}"] if reasoning_data_dir else []),
     )
     gen_kwargs = {
         "files": files,
@@ -111,6 +161,7 @@ def load_sft_dataset(
         "max_length": max_length,
         "default_system_prompt": default_system_prompt,
         "holdout": holdout,
+        "reasoning_dir": reasoning_data_dir,
     }
     try:
         dataset = Dataset.from_generator(

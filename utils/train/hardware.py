@@ -3,13 +3,12 @@
 ``TrainingArguments.__post_init__`` derives state from its flags (``mixed_precision`` from ``bf16``/``fp16``)
 and the Trainer hands that derived state to Accelerate, so a choice set on parsed arguments afterwards
 changes the log, not the training. Every ``auto`` (precision, attention, fused LM head) and every fallback
-(Liger kernels, 8-bit Adam) is therefore settled here on the raw parsed values, and only then are the
+(Liger kernels, 8-bit Adam, vLLM rollouts) is therefore settled here on the raw parsed values, and only then are the
 dataclasses built (``utils.train.args.parse_args``).
 """
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import logging
 import os
@@ -116,6 +115,15 @@ def four_bit_problem(hardware: Hardware) -> str | None:
     return None if installed("bitsandbytes") else "bitsandbytes is not installed (pip install -r requirements/gpu.txt)"
 
 
+def vllm_usable(hardware: Hardware) -> tuple[bool, str]:
+    """GRPO's rollouts through vLLM need a CUDA GPU and vllm (requirements/vllm.txt); ``why`` says what is missing."""
+    if not hardware.cuda:
+        return False, "no CUDA GPU (vLLM generates on GPUs only)"
+    if not installed("vllm"):
+        return False, "vllm is not installed (requirements/vllm.txt)"
+    return True, "vllm on a CUDA GPU"
+
+
 @dataclass
 class Settled:
     """Values decided for the training arguments, and one line per decision for the log."""
@@ -126,9 +134,9 @@ class Settled:
 
 def settle_hardware(ns, hardware: Hardware, world_size: int) -> Settled:
     """Every hardware choice of a stage, from the raw parsed values ``ns`` (an argparse namespace) and the machine:
-    attention, the fused LM head (stages that have the flag), precision, Liger kernels, the 8-bit optimizer, the
-    process-group backend, and whether a 4-bit base (QLoRA) can load. Pure: it returns the values to set and the log
-    lines; nothing is changed here.
+    attention, the fused LM head (stages that have the flag), precision, Liger kernels, the 8-bit optimizer, vLLM
+    rollouts (GRPO), the process-group backend, and whether a 4-bit base (QLoRA) can load. Pure: it returns the values
+    to set and the log lines; nothing is changed here.
 
     ``bf16``/``fp16`` are the Trainer's own flags, accepted as another way to ask for a precision. The loss goes
     through the fused LM head (always in TRL's SFT/DPO trainers), so Liger's own fused cross-entropy must stay off.
@@ -208,6 +216,11 @@ def settle_hardware(ns, hardware: Hardware, world_size: int) -> Settled:
             f"--load_in_4bit (QLoRA) cannot run here: {four_bit_problem(hardware)}. Train LoRA adapters over the "
             f"base in {values['precision']} instead: --load_in_4bit false"
         )
+    if getattr(ns, "use_vllm", False):
+        usable, why = vllm_usable(hardware)
+        if not usable:
+            notes.append((logging.INFO, f"use_vllm: {why}, rollouts with transformers' generate"))
+            values["use_vllm"] = False
     if world_size > 1 and not hardware.cuda and not ns.ddp_backend:
         # A CPU-only multi-process launch (DeepSpeed on CPU, as CI runs it) needs gloo named before the
         # training arguments are built: otherwise every process believes it is alone.
@@ -224,24 +237,3 @@ def export_launcher_precision(precision: str) -> None:
 
 def torch_dtype_for(precision: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-
-
-def release_cached_memory() -> None:
-    """Give freed tensors back: collect the garbage, then empty CUDA's cache so the next model can use it."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a CUDA GPU is present, else ``cpu``; any other value is kept (``cpu``, ``cuda:1``)."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def inference_dtype(device: str) -> torch.dtype:
-    """Weights for generation and scoring: the training precision the device would get (fp16 on a T4, bf16 on
-    Ampere), fp32 on CPU."""
-    hardware = detect_hardware(use_cpu=not device.startswith("cuda"))
-    return torch_dtype_for(select_precision("auto", hardware))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from utils.train.hardware import release_cached_memory
+from utils.devices import release_cached_memory
 
 
 def release_training_memory(trainer) -> None:

@@ -205,7 +205,7 @@ def train_and_save(
         )
         raise SystemExit(EXIT_SIGNALLED)
     save_final(trainer, tokenizer, args.output_dir)
-    log_samples(trainer, tokenizer, chat=stage != "pt")
+    log_samples(trainer, tokenizer, chat=stage != "pt", thinking=getattr(script_args, "enable_thinking", False))
 
 
 def save_final(trainer, tokenizer: PreTrainedTokenizerBase, output_dir: str) -> None:
@@ -227,9 +227,10 @@ def save_final(trainer, tokenizer: PreTrainedTokenizerBase, output_dir: str) -> 
         logger.info("Saved the final model to %s", output_dir)
 
 
-def log_samples(trainer, tokenizer, chat: bool, max_new_tokens: int = 32) -> None:
+def log_samples(trainer, tokenizer, chat: bool, max_new_tokens: int = 32, thinking: bool = False) -> None:
     """A few short answers from the trained model in the log (main process, not under DeepSpeed,
-    where the weights are partitioned: use mini_qwen_eval.py on the saved checkpoint there)."""
+    where the weights are partitioned: use mini_qwen_eval.py on the saved checkpoint there); with ``thinking``,
+    the chat template's thinking switch on."""
     if not trainer.is_world_process_zero() or trainer.is_deepspeed_enabled:
         return
     model = trainer.model
@@ -238,6 +239,6 @@ def log_samples(trainer, tokenizer, chat: bool, max_new_tokens: int = 32) -> Non
     config = build_generation_config(model, max_new_tokens=max_new_tokens)
     for prompt in SAMPLE_PROMPTS["chat" if chat else "raw"]:
         query = [{"role": "user", "content": prompt}] if chat else prompt
-        result = generate(model, tokenizer, query, config)
+        result = generate(model, tokenizer, query, config, thinking=thinking and chat)
         logger.info("Sample %r -> %r%s", prompt, result.text, "" if result.ended_with_eos else " ...")
     model.train(was_training)
