@@ -3,7 +3,8 @@
 ``plot_loss``: one run, every logged curve in its own panel, saved next to the run. ``plot_runs``: several runs'
 losses in one figure, one line per run named after its folder, against optimizer steps or against training tokens
 (steps x the run's tokens per step, from its run_info.json), the way scaling-law figures compare runs of different
-sizes. ``tools/plot.py`` is the command line.
+sizes. ``plot_groups``: the same with the seeds of each variant drawn together (their mean and range).
+``tools/plot.py`` is the command line.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
@@ -96,17 +98,36 @@ def run_labels(run_dirs: list[Path]) -> list[str]:
 
 def plot_runs(run_dirs: list[str | Path], x: str = "steps", key: str = "loss", output: str | Path = "runs.png"):
     """One line per run of ``key`` against ``x`` (steps or tokens); returns the PNG path and the axes."""
+    runs = [Path(r) for r in run_dirs]
+    return plot_groups({label: [run] for run, label in zip(runs, run_labels(runs))}, x, key, output)
+
+
+def plot_groups(
+    groups: dict[str, list[str | Path]], x: str = "steps", key: str = "loss", output: str | Path = "runs.png"
+):
+    """One line per group of runs (the seeds of one variant): the mean of ``key`` over the group's runs at every
+    step they all logged, and a band from their lowest to their highest value, so that every seed is in the figure.
+    A group of one run is its plain curve. Returns the PNG path and the axes."""
     if x not in ("steps", "tokens"):
         raise ValueError(f"x must be steps or tokens, got {x!r}")
-    runs = [Path(r) for r in run_dirs]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for run, label in zip(runs, run_labels(runs)):
-        points = series(find_log_history(run), key)
-        if not points:
-            raise ValueError(f"{run}: no {key} in the log history")
-        scale = tokens_per_step(run) if x == "tokens" else 1
-        steps, values = zip(*points)
-        ax.plot([s * scale for s in steps], values, label=label, marker="." if len(points) < 50 else None)
+    for label, members in groups.items():
+        curves = []
+        for run in map(Path, members):
+            points = dict(series(find_log_history(run), key))
+            if not points:
+                raise ValueError(f"{run}: no {key} in the log history")
+            curves.append(points)
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        if not steps:
+            raise ValueError(f"{label}: its runs logged {key} at no common step")
+        values = np.array([[c[s] for s in steps] for c in curves])
+        scale = tokens_per_step(members[0]) if x == "tokens" else 1
+        xs = [s * scale for s in steps]
+        name = f"{label} (mean of {len(members)} seeds, band: min-max)" if len(members) > 1 else label
+        (line,) = ax.plot(xs, values.mean(0), label=name, marker="." if len(steps) < 50 else None)
+        if len(members) > 1:
+            ax.fill_between(xs, values.min(0), values.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("training tokens" if x == "tokens" else "optimizer step")
     if x == "tokens":
         ax.set_xscale("log")
