@@ -21,7 +21,7 @@ from experiments.common import (
     trained_steps,
     variant_table,
 )
-from utils.stats import Comparison, compare
+from utils.stats import NO_DIFFERENCE, Comparison, compare
 
 TITLE = "scaling"
 QUESTION = (
@@ -72,7 +72,7 @@ def run(out: Path, scale: Scale) -> Report:
     results = compare(plan(scale), scores)
     steps = []
     for r in results:
-        said = f"**{'falls' if r.difference < 0 else 'rises'}**" if r.shown else "no change shown"
+        said = f"**{'falls' if r.difference < 0 else 'rises'}**" if r.shown else NO_DIFFERENCE
         steps.append(
             f"- {r.comparison.baseline} → {r.comparison.variant}, {METRICS[r.comparison.metric].label}: "
             f"{said} ({effect(r)})"
