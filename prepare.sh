@@ -9,14 +9,16 @@
 #
 # Options:
 #   --stage model|pt|sft|dpo|bench|all   what to fetch (default all = model pt sft dpo; repeatable); bench comes
-#                                  from the Hugging Face Hub (HF_ENDPOINT=https://hf-mirror.com for a mirror)
+#                                  from the Hugging Face Hub at pinned commits (tools/bench_data.py;
+#                                  HF_ENDPOINT=https://hf-mirror.com for a mirror)
 #   --domains "a b ..."            IndustryCorpus2 domains for PT (default: the ten of configs/data/industrycorpus2.yaml)
 #   --data_dir DIR                 where data goes (default data/)
 #   --mini                         after downloading, write 100-row samples of every file to --mini_dir
 #   --mini_dir DIR                 where --mini writes (default mini_data_local/)
 #   -h                             this help
 # The PT subset (which folders, which capped to their first files) is data: configs/data/industrycorpus2.yaml.
-# Each downloaded folder gets a MANIFEST.json (files and bytes); a folder that stays empty is an error.
+# Each downloaded folder gets a MANIFEST.json (files and bytes); a folder that stays empty is an error. A failed
+# folder does not stop the others: the run ends with what arrived and what did not, and exits 1 if anything is missing.
 # Variables: MODELSCOPE (the CLI, default `modelscope`), HF (the Hugging Face CLI, default .venv/bin/hf or hf),
 #   PYTHON (default .venv/bin/python or python3), PREPARE_CHECK_ONLINE=0 to skip the network checks.
 set -euo pipefail

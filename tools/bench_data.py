@@ -1,6 +1,7 @@
 """Benchmark data for ``prepare.sh --stage bench`` (``python -m tools.download --stage bench``): which Hugging Face
-Hub datasets and files, and the normalisation after the download, so that every benchmark lands as parquet in the
-layout ``tools.bench_tasks`` reads (``mini_data/bench`` holds a few original rows in the same layout)::
+Hub datasets, at which exact revision, which of their files, and the normalisation after the download, so that every
+benchmark lands as parquet in the layout ``tools.bench_tasks`` reads (``mini_data/bench`` holds a few original rows
+in the same layout)::
 
     bench/ceval/<subject>/{val,dev}-00000-of-00001.parquet                 ceval/ceval-exam
     bench/cmmlu/<subject>/{test,dev}-00000-of-00001.parquet                haonan-li/cmmlu (a zip of CSVs, converted)
@@ -8,6 +9,14 @@ layout ``tools.bench_tasks`` reads (``mini_data/bench`` holds a few original row
     bench/ai2_arc/ARC-{Easy,Challenge}/{train,validation,test}-*.parquet   allenai/ai2_arc
     bench/hellaswag/data/{train,validation}-*.parquet                      Rowan/hellaswag
     bench/gsm8k/main/{train,test}-*.parquet                                openai/gsm8k
+
+Why exact revisions: a Hub repository's layout changes under the same name. ``Rowan/hellaswag`` held only a loading
+script on its main branch while its parquet files lived in a "Convert dataset to Parquet" commit, so globs written
+against one layout matched nothing in the other. Each source names a commit, and ``hub_listings/<folder>.json``
+records that commit's file names, the columns and the size of the scored split, each with where it was read (a
+stored Hub page, a copy of a dataset card, public code that names the file) and what kind of record it is. The tests
+replay those listings through the globs below and the task configs, so a glob that selects nothing fails in CI, not
+on a user's first download.
 
 The ``hf`` command-line tool (huggingface_hub) downloads; it honours ``HF_ENDPOINT`` (a mirror) and ``HF_TOKEN``.
 Files fetched some other way (the CMMLU or C-Eval zip from their project pages) are converted the same way::
@@ -21,9 +30,11 @@ own builds declare every field a string; reading with ``dtype=str, keep_default_
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -33,16 +44,66 @@ import pyarrow.parquet as pq
 logger = logging.getLogger(__name__)
 
 SHARD = "-00000-of-00001.parquet"
-# folder under <data_dir>/bench -> (hub dataset, --include globs, --exclude globs). CMMLU's hub repo holds a zip of
-# CSVs (its parquet globs are there in case the repo is ever converted).
-BENCH_SOURCES: dict[str, tuple[str, list[str], list[str]]] = {
-    "ceval": ("ceval/ceval-exam", ["*/val-*.parquet", "*/dev-*.parquet"], []),  # test answers are not public
-    "cmmlu": ("haonan-li/cmmlu", ["*.zip", "*/test-*.parquet", "*/dev-*.parquet"], []),
-    "mmlu": ("cais/mmlu", ["*/test-*.parquet", "*/dev-*.parquet"], ["all/*", "auxiliary_train/*"]),
-    "ai2_arc": ("allenai/ai2_arc", ["ARC-Easy/*.parquet", "ARC-Challenge/*.parquet"], []),
-    "hellaswag": ("Rowan/hellaswag", ["*train-*.parquet", "*validation-*.parquet"], []),
-    "gsm8k": ("openai/gsm8k", ["main/*.parquet"], []),
+HUB_LISTINGS = Path(__file__).resolve().parent / "hub_listings"
+
+
+@dataclass(frozen=True)
+class BenchSource:
+    """One benchmark folder's origin: a Hub dataset at an exact ``revision`` (a commit id) and the ``include`` /
+    ``exclude`` globs that select what the task configs read (matched as ``hf download`` matches them: fnmatch, ``*``
+    crosses folders). The evidence for the revision and its files is ``hub_listings/<folder>.json``."""
+
+    repo: str
+    revision: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+
+
+BENCH_SOURCES: dict[str, BenchSource] = {
+    # val (what lm_eval's C-Eval task scores) and dev (its few-shot examples), not the leaderboard's test split.
+    "ceval": BenchSource(
+        "ceval/ceval-exam", "617524a00b307ff6f9933702f724131fe12ca7ce", ("*/val-*.parquet", "*/dev-*.parquet")
+    ),
+    # The release zip of CSVs (converted after the download); the parquet globs take a converted build if one is there.
+    "cmmlu": BenchSource(
+        "haonan-li/cmmlu", "efcc940752ea4a1ea94d2727f11f83858d64fc8e", ("*.zip", "*/test-*.parquet", "*/dev-*.parquet")
+    ),
+    # Every subject's own folder; "all" repeats them and auxiliary_train is 100k training questions.
+    "mmlu": BenchSource(
+        "cais/mmlu",
+        "c30699e8356da336a370243923dbaf21066bb9fe",
+        ("*/test-*.parquet", "*/dev-*.parquet"),
+        ("all/*", "auxiliary_train/*"),
+    ),
+    "ai2_arc": BenchSource(
+        "allenai/ai2_arc",
+        "210d026faf9955653af8916fad021475a3f00453",
+        ("ARC-Easy/*.parquet", "ARC-Challenge/*.parquet"),
+    ),
+    # The "Convert dataset to Parquet" commit, known by its short id (hub_listings/hellaswag.json says how that
+    # resolves); its test split has no labels.
+    "hellaswag": BenchSource("Rowan/hellaswag", "9c75cc0", ("data/train-*.parquet", "data/validation-*.parquet")),
+    "gsm8k": BenchSource("openai/gsm8k", "740312add88f781978c0658806c59bc2815b9866", ("main/*.parquet",)),
 }
+
+
+def hub_listing(folder: str) -> dict:
+    """The recorded Hub listing of one benchmark folder (``hub_listings/<folder>.json``)."""
+    return json.loads((HUB_LISTINGS / f"{folder}.json").read_text(encoding="utf-8"))
+
+
+def expand_layout(layout: dict | None) -> list[str]:
+    """The paths a listing's per-subject layout names: ``pattern`` filled with every subject and split."""
+    if not layout:
+        return []
+    return [layout["pattern"].format(subject=s, split=split) for s in layout["subjects"] for split in layout["splits"]]
+
+
+def listed_files(listing: dict) -> list[str]:
+    """Every repository path of a recorded listing: its ``files`` plus those its ``subject_files`` layout derives."""
+    return sorted({*listing["files"], *expand_layout(listing.get("subject_files"))})
+
+
 # The folder a release CSV sits in names its split: <split>/<subject>.csv (CMMLU), <split>/<subject>_<split>.csv
 # (C-Eval).
 CSV_SPLITS = ("test", "dev", "val")

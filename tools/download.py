@@ -6,7 +6,9 @@
 
 Every folder is downloaded, then verified (at least one file, every selected file present and not empty),
 then described in ``MANIFEST.json`` next to the data (each file and its bytes), then marked ``.complete`` so a
-re-run skips it. A download that leaves a folder empty is an error, not "complete".
+re-run skips it. A download that leaves a folder empty is an error, not "complete". One folder failing does not stop
+the others: the run ends with a list of what arrived and what did not (and exits with an error if anything did not).
+Benchmarks come from the Hugging Face Hub at the exact revisions ``tools.bench_data`` names.
 
 The PT subset is data (``configs/data/industrycorpus2.yaml``): each folder is listed on ModelScope, its parquet
 names sorted, and all of them or the first N downloaded by exact name.
@@ -49,7 +51,8 @@ class DownloadError(RuntimeError):
 class Job:
     """One folder to fetch: ``repo`` files (exact names) or ``patterns``, into ``local_dir`` (the repo's root);
     ``folder`` is where they land, and what is verified and marked. ``hub="hf"`` downloads with the Hugging Face
-    CLI instead of ModelScope's; ``after(folder)`` runs between the download and the checks."""
+    CLI instead of ModelScope's, at ``revision`` when one is given; ``after(folder)`` runs between the download and
+    the checks."""
 
     repo: str
     repo_type: str
@@ -60,7 +63,12 @@ class Job:
     suffix: str = ".parquet"
     excludes: tuple[str, ...] = ()
     hub: str = "modelscope"
+    revision: str | None = None
     after: Callable[[Path], object] | None = None
+
+    @property
+    def source(self) -> str:
+        return f"{self.repo}@{self.revision}" if self.revision else self.repo
 
 
 def list_dataset_folder(repo: str, folder: str) -> list[str]:
@@ -115,28 +123,41 @@ def stage_jobs(stage: str, data_dir: Path, domains: list[str] | None) -> list[Jo
     if stage == "bench":
         return [
             Job(
-                repo,
+                source.repo,
                 "dataset",
                 data_dir / "bench" / name,
                 data_dir / "bench" / name,
-                patterns=include or None,
-                excludes=tuple(exclude),
+                patterns=list(source.include),
+                excludes=source.exclude,
                 hub="hf",
+                revision=source.revision,
                 after=normalize_bench_folder,
             )
-            for name, (repo, include, exclude) in BENCH_SOURCES.items()
+            for name, source in BENCH_SOURCES.items()
         ]
     raise DownloadError(f"unknown stage {stage!r}")
 
 
 def fetch(job: Job, modelscope: str, hf: str = "hf") -> None:
-    """Download one job (skipped when already complete), verify it and write its manifest."""
+    """Download one job (skipped when already complete at the same revision), verify it and write its manifest."""
     if (job.folder / COMPLETE).is_file():
-        logger.info("%s already complete, skipping", job.folder)
-        return
+        recorded = json.loads((job.folder / MANIFEST).read_text(encoding="utf-8")).get("revision")
+        if recorded == job.revision:
+            logger.info("%s already complete, skipping", job.folder)
+            return
+        # Another revision's files would be read alongside the new ones (the task configs glob the folder).
+        logger.warning(
+            "%s holds %s at %s, %s is pinned now: replacing its files",
+            job.folder,
+            job.repo,
+            recorded or "an unrecorded revision",
+            job.revision,
+        )
+        remove_download(job.folder)
     job.folder.mkdir(parents=True, exist_ok=True)
     if job.hub == "hf":  # hf takes one glob per --include/--exclude
         command = [hf, "download", job.repo, *(job.files or []), "--repo-type", job.repo_type]
+        command += ["--revision", job.revision] if job.revision else []
         command += [arg for glob in job.patterns or [] for arg in ("--include", glob)]
         command += [arg for glob in job.excludes for arg in ("--exclude", glob)]
     else:
@@ -151,22 +172,31 @@ def fetch(job: Job, modelscope: str, hf: str = "hf") -> None:
     (job.folder / COMPLETE).touch()
 
 
+def remove_download(folder: Path) -> None:
+    """Delete the files a folder's manifest lists (what an earlier download left), then the manifest and marker."""
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    for entry in manifest["files"]:
+        (folder / entry["name"]).unlink(missing_ok=True)
+    (folder / MANIFEST).unlink()
+    (folder / COMPLETE).unlink()
+
+
 def write_manifest(job: Job) -> dict:
     """Check what landed in the folder and record it; raise ``DownloadError`` when something is missing."""
     paths = [job.local_dir / f for f in job.files or []]
     missing = [str(p.relative_to(job.local_dir)) for p in paths if not p.is_file() or not p.stat().st_size]
     if missing:
         raise DownloadError(
-            f"{job.repo}: {len(missing)} requested file(s) missing or empty after the download: {missing[:5]}"
+            f"{job.source}: {len(missing)} requested file(s) missing or empty after the download: {missing[:5]}"
         )
     found = sorted(p for p in job.folder.rglob(f"*{job.suffix}") if p.is_file() and p.name != MANIFEST)
     if not found:
         raise DownloadError(
-            f"{job.repo}: nothing matching *{job.suffix} arrived in {job.folder}; the folder is "
+            f"{job.source}: nothing matching *{job.suffix} arrived in {job.folder}; the folder is "
             "left incomplete so that the next run downloads it again"
         )
     files = [{"name": p.relative_to(job.folder).as_posix(), "bytes": p.stat().st_size} for p in found]
-    manifest = {"repo": job.repo, "requested": job.files or job.patterns, "files": files}
+    manifest = {"repo": job.repo, "revision": job.revision, "requested": job.files or job.patterns, "files": files}
     manifest["bytes"] = sum(f["bytes"] for f in manifest["files"])
     (job.folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     logger.info("%s: %d files, %.1f MB", job.folder, len(found), manifest["bytes"] / 1e6)
@@ -204,14 +234,49 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[prepare] %(message)s")
     data_dir = Path(args.data_dir)
-    try:
-        for stage in args.stage:
-            for job in stage_jobs(stage, data_dir, args.domains):
+    arrived, failed = [], []
+    for stage in args.stage:
+        try:
+            jobs = stage_jobs(stage, data_dir, args.domains)
+        except DownloadError as err:
+            failed.append((stage, str(err)))
+            continue
+        for job in jobs:
+            try:
                 fetch(job, args.modelscope, args.hf)
-    except (DownloadError, subprocess.CalledProcessError, FileNotFoundError) as err:
-        raise SystemExit(f"prepare: {err}") from err
+            except (DownloadError, subprocess.CalledProcessError, OSError) as err:
+                logger.error("%s: %s", job.folder, failure_reason(err))
+                failed.append((str(job.folder), failure_reason(err)))
+            else:
+                arrived.append(job)
+    log_summary(arrived, failed)
     if args.mini_dir:
         cut_samples(data_dir, Path(args.mini_dir))
+    if failed:
+        raise SystemExit(f"prepare: {len(failed)} download(s) did not arrive: {', '.join(name for name, _ in failed)}")
+
+
+def failure_reason(err: Exception) -> str:
+    """One line for the summary; a failed command already printed its own message above it."""
+    if isinstance(err, subprocess.CalledProcessError):
+        return f"`{' '.join(map(str, err.cmd[:3]))} ...` exited with status {err.returncode} (its message is above)"
+    return str(err)
+
+
+def log_summary(arrived: list[Job], failed: list[tuple[str, str]]) -> None:
+    """What arrived (files, megabytes, from where) and what did not (why), at the end of the run."""
+    logger.info("summary: %d arrived, %d did not", len(arrived), len(failed))
+    for job in arrived:
+        manifest = json.loads((job.folder / MANIFEST).read_text(encoding="utf-8"))
+        logger.info(
+            "  arrived  %s: %d files, %.1f MB from %s",
+            job.folder,
+            len(manifest["files"]),
+            manifest["bytes"] / 1e6,
+            job.source,
+        )
+    for name, reason in failed:
+        logger.info("  MISSING  %s: %s", name, reason)
 
 
 if __name__ == "__main__":

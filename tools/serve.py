@@ -97,8 +97,9 @@ def _has_chat_template(path: Path) -> bool:
     return (path / "chat_template.jinja").is_file() or bool(in_config)
 
 
-def check_checkpoint(folder: str | os.PathLike) -> Checkpoint:
-    """The servable chat checkpoint in ``folder``, or ``CheckpointError`` naming what is missing.
+def check_checkpoint(folder: str | os.PathLike, chat_template: bool = True) -> Checkpoint:
+    """The servable chat checkpoint in ``folder``, or ``CheckpointError`` naming what is missing (the chat template
+    only when ``chat_template``: a benchmark scores a PT checkpoint on raw text).
 
     Runs before anything heavy is imported, so a wrong path fails in a second with one line, not with a
     transformers traceback after the imports."""
@@ -122,7 +123,7 @@ def check_checkpoint(folder: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: no weights (expected {' or '.join(WEIGHT_FILES[:2])})")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise CheckpointError(f"{path}: no tokenizer ({' or '.join(TOKENIZER_FILES)})")
-    if not _has_chat_template(path):
+    if chat_template and not _has_chat_template(path):
         raise CheckpointError(f"{path}: the tokenizer has no chat template (chat_template.jinja)")
     stage = (read_run_info(path) or {}).get("stage")
     return Checkpoint(str(path.resolve()), config["model_type"], stage, _json_object(path / "generation_config.json"))

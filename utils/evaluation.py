@@ -122,36 +122,61 @@ def above_chance(value: float, baseline: float, docs: int) -> bool:
     return docs > 0 and value - baseline > 2 * (baseline * (1 - baseline) / docs) ** 0.5
 
 
-def cell(score: dict | None, baseline: float, docs: int) -> str:
-    """``value ± stderr``, bold when above chance."""
+def decimals(docs: int) -> int:
+    """Digits an accuracy on ``docs`` questions deserves: down to the first digit of its standard error at its
+    widest (0.5 / sqrt(docs), at an accuracy of one half), between 1 and 4: 5 questions 0.2, 1,000 0.02, 10,000
+    0.005."""
+    if docs <= 0:
+        return 1
+    return min(4, max(1, -math.floor(math.log10(0.5 / math.sqrt(docs)))))
+
+
+def cell(score: dict | None, baseline: float, docs: int, full: bool = True) -> str:
+    """``value ± stderr`` to the precision ``docs`` questions allow, bold when above chance on a full split."""
     if not score:
         return "—"
-    text = f"{score['value']:.4f}" + (f" ± {score['stderr']:.4f}" if score["stderr"] is not None else "")
-    return f"**{text}**" if above_chance(score["value"], baseline, docs) else text
+    places = decimals(docs)
+    text = f"{score['value']:.{places}f}" + (f" ± {score['stderr']:.{places}f}" if score["stderr"] is not None else "")
+    return f"**{text}**" if full and above_chance(score["value"], baseline, docs) else text
 
 
 def render_bench_table(report: dict) -> str:
-    """Benchmarks x checkpoints (headline metric ± standard error), documents scored and the random-guess column."""
+    """A title saying whether these are full benchmark splits, then benchmarks x checkpoints (headline metric ±
+    standard error), the questions scored and the random-guess column, then what the numbers mean. A row scored on
+    partial data (fixtures, --limit, missing subjects) says so in its name and is never marked above chance."""
+    coverage = report.get("coverage", {})
+    partial = [bench for bench in report["tasks"] if not coverage.get(bench, {}).get("full", True)]
+    if partial:
+        title = (
+            "Benchmark scores on partial data, not the full benchmark splits: not comparable with published results."
+        )
+    elif coverage:
+        title = "Benchmark scores on the full evaluation splits."
+    else:
+        title = "Benchmark scores."
     columns = [c["label"] + (" (chat)" if c["chat"] else "") for c in report["checkpoints"]]
-    lines = ["| benchmark | docs | " + " | ".join(columns) + " | random guess |", "|---" * (len(columns) + 3) + "|"]
+    header = "| benchmark | metric | questions | " + " | ".join(columns) + " | random guess |"
+    lines = [title, "", header, "|---" * (len(columns) + 4) + "|"]
     for bench in report["tasks"]:
         baseline, docs = report["random_guess"][bench]["acc"], report["random_guess"][bench]["n"]
         headline = report["headline"][bench]
+        full = bench not in partial
+        name = report["titles"][bench] + ("" if full else f": {', '.join(coverage[bench]['reasons'])}")
         scored = [report["results"][c["label"]][bench].get(headline) for c in report["checkpoints"]]
-        cells = [cell(score, baseline, docs) for score in scored]
-        lines.append(f"| {report['titles'][bench]} | {docs} | " + " | ".join(cells) + f" | {baseline:.4f} |")
-    gsm8k = " (GSM8K: exact match of the final `#### N` answer)" if "gsm8k" in report["tasks"] else ""
+        cells = [cell(score, baseline, docs, full) for score in scored]
+        guess = f"{baseline:.{max(2, decimals(docs))}f}"  # exact, not measured: 0.25 stays 0.25
+        lines.append(f"| {name} | {headline.split(',')[0]} | {docs:,} | " + " | ".join(cells) + f" | {guess} |")
     lines += [
         "",
-        f"Accuracy ± standard error{gsm8k}. **Bold**: above chance, i.e. more than two standard errors of random "
-        "guessing above its mean. Random guess: the expected accuracy of picking one of each question's choices at "
-        "random (0 for generation). All metrics (acc_norm too) are in bench.json.",
+        "Score ± standard error. acc: share of questions whose answer the model finds most likely; acc_norm: the "
+        "same with each answer's log-likelihood divided by its length in characters (HellaSwag's headline, as papers "
+        "report it); exact_match: the final `#### N` answer of GSM8K. Random guess: the expected accuracy of picking "
+        "one of each question's choices at random (0 for generation). Digits follow the number of questions. "
+        "**Bold**: above chance on a full split, i.e. more than two standard errors of random guessing above its "
+        "mean. All metrics are in bench.json.",
     ]
-    limit = report.get("arguments", {}).get("limit")
-    if limit is not None:
-        lines.append(
-            f"Only the first {limit:g} documents of every task and subject (--limit): not comparable with full runs."
-        )
+    if report.get("note") and partial:
+        lines += ["", report["note"]]
     return "\n".join(lines) + "\n"
 
 

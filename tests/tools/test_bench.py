@@ -1,6 +1,8 @@
 """tools.bench on the bundled fixtures (mini_data/bench) with two tiny random checkpoints, one PT and one SFT:
 the table against an independent plain-torch scoring of ARC-Easy, bench.json / bench.md and the random-guess
-column, raw text vs chat template, the generated task configs, and the download stage with a stub `hf` CLI."""
+column, raw text vs chat template, the generated task configs; a table on partial data that says so (and marks
+nothing above chance) against one on full splits; what a run prints; bad arguments and bad data files, each refused
+naming the input. The download stage is tests/tools/test_download.py."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-import zipfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -23,13 +25,15 @@ from tests.helpers import MINI_DATA, ROOT
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed: pip install -r requirements/bench.txt")
 
-from tools.bench import BenchArguments, main, random_guess  # noqa: E402
-from tools.bench_tasks import SPECS, write_task_yamls  # noqa: E402
+from tools.bench import BenchArguments, checkpoint_labels, coverage, main, random_guess  # noqa: E402
+from tools.bench_tasks import SPECS, LocalTask, write_task_yamls  # noqa: E402
 from utils.evaluation import (  # noqa: E402
     above_chance,
     bench_table_markdown,
     cell,
     completion_logprob,
+    decimals,
+    render_bench_table,
 )
 from utils.modeling import ModelShapeArguments, build_model  # noqa: E402
 from utils.run_info import write_run_info  # noqa: E402
@@ -128,8 +132,8 @@ def test_table_matches_independent_scoring(bench_run, checkpoints, label):
     samples = sorted(raw["samples"]["local_arc_easy"], key=lambda s: s["doc_id"])
     for sample, mine in zip(samples, lls, strict=True):
         np.testing.assert_allclose([float(r[0]) for r in sample["filtered_resps"]], mine, rtol=0, atol=1e-4)
-    arc_row = (out / "bench.md").read_text().splitlines()[5].split(" | ")
-    assert arc_row[0] == "| ARC-Easy" and arc_row[2 + chat].strip("*").startswith(f"{acc:.4f} ± ")
+    arc_row = (out / "bench.md").read_text().splitlines()[7].split(" | ")
+    assert arc_row[0] == "| ARC-Easy: 5 of 2,376 questions" and arc_row[3 + chat].startswith(f"{acc:.1f} ± ")
     # PT sees raw text and " choice", SFT the rendered chat turn and the bare choice.
     context, continuation = samples[0]["arguments"][0]
     assert ("<|im_start|>user\n" in context) is chat
@@ -154,38 +158,109 @@ def test_report_files_and_random_guess(bench_run):
         assert "acc_norm,none" in results["ceval"] and "exact_match,flexible-extract" in results["gsm8k"]
     table = (out / "bench.md").read_text()
     lines = table.splitlines()
-    assert lines[0] == "| benchmark | docs | pt | sft (chat) | random guess |"
-    rows = [line.split(" | ") for line in lines[2 : 2 + len(ALL_TASKS)]]
-    assert [row[0] for row in rows] == [f"| {SPECS[t]['title']}" for t in ALL_TASKS]
+    assert lines[2] == "| benchmark | metric | questions | pt | sft (chat) | random guess |"
+    rows = [line.split(" | ") for line in lines[4 : 4 + len(ALL_TASKS)]]
+    assert [row[0].split(":")[0] for row in rows] == [f"| {SPECS[t]['title']}" for t in ALL_TASKS]
     for row, task in zip(rows, ALL_TASKS, strict=True):
-        metric = "exact_match,strict-match" if task == "gsm8k" else "acc,none"
-        assert row[1] == str(guess[task]["n"]) and row[-1] == f"{guess[task]['acc']:.4f} |"
-        for column, label in ((2, "pt"), (3, "sft")):
+        metric = {"gsm8k": "exact_match,strict-match", "hellaswag": "acc_norm,none"}.get(task, "acc,none")
+        assert row[1] == metric.split(",")[0] and row[2] == str(guess[task]["n"])
+        assert row[-1] == f"{guess[task]['acc']:.2f} |"
+        for column, label in ((3, "pt"), (4, "sft")):
             score = saved["results"][label][task][metric]
-            assert row[column].strip("*") == f"{score['value']:.4f} ± {score['stderr']:.4f}"
+            assert row[column] == f"{score['value']:.1f} ± {score['stderr']:.1f}"  # 3-6 questions: one digit
     assert bench_table_markdown(out / "bench.json") == table
+
+
+def test_a_table_on_partial_data_says_so_and_marks_nothing(bench_run):
+    """The fixtures are 3-6 questions a task: the title, every row, bench.md and bench.json say in words that these
+    are not the benchmarks' full splits; no cell is bold; HellaSwag's headline is acc_norm."""
+    out, report = bench_run
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["partial"] is True and saved["note"].startswith(
+        "Not the full benchmark splits (C-Eval (val): 2 of 52"
+    )
+    assert saved["coverage"]["ceval"] == {"full": False, "reasons": ["2 of 52 subjects"], "docs": 6, "full_docs": None}
+    assert saved["coverage"]["mmlu"]["reasons"] == ["2 of 57 subjects", "6 of 14,042 questions"]
+    assert saved["coverage"]["hellaswag"] == {
+        "full": False,
+        "reasons": ["4 of 10,042 questions"],
+        "docs": 4,
+        "full_docs": 10042,
+    }
+    assert saved["headline"]["hellaswag"] == "acc_norm,none"
+    table = (out / "bench.md").read_text()
+    assert table.splitlines()[0].startswith("Benchmark scores on partial data, not the full benchmark splits")
+    assert "| HellaSwag: 4 of 10,042 questions | acc_norm | 4 |" in table
+    assert "**" not in table.split("\n\nScore ± standard error")[0]
+    assert table.rstrip().endswith(saved["note"])
+
+
+def full_report(value: float, docs: int, full: bool) -> dict:
+    """A bench.json of one checkpoint on ARC-Easy, as tools.bench writes it."""
+    stderr = (value * (1 - value) / docs) ** 0.5
+    return {
+        "tasks": {"arc_easy": "local_arc_easy"},
+        "titles": {"arc_easy": "ARC-Easy"},
+        "headline": {"arc_easy": "acc,none"},
+        "random_guess": {"arc_easy": {"acc": 0.25, "n": docs}},
+        "coverage": {"arc_easy": coverage("arc_easy", LocalTask("local_arc_easy"), docs, None)},
+        "checkpoints": [{"label": "dpo", "chat": True}],
+        "results": {"dpo": {"arc_easy": {"acc,none": {"value": value, "stderr": stderr}, "n": docs}}},
+    } | ({} if full else {"note": "Not the full benchmark splits (ARC-Easy: 500 of 2,376 questions): ..."})
+
+
+def test_full_splits_get_a_plain_title_and_may_be_marked_above_chance():
+    full = render_bench_table(full_report(0.4, 2376, True))
+    assert full.splitlines()[0] == "Benchmark scores on the full evaluation splits."
+    assert "| ARC-Easy | acc | 2,376 | **0.40 ± 0.01** | 0.25 |" in full
+    partial = render_bench_table(full_report(0.4, 500, False))  # as far above chance, on 500 questions
+    assert partial.splitlines()[0].startswith("Benchmark scores on partial data")
+    assert "| ARC-Easy: 500 of 2,376 questions | acc | 500 | 0.40 ± 0.02 | 0.25 |" in partial
+
+
+def test_precision_follows_the_number_of_questions():
+    assert [decimals(n) for n in (0, 3, 5, 30, 100, 1_000, 2_376, 10_042, 10**9)] == [1, 1, 1, 2, 2, 2, 2, 3, 4]
+    assert cell({"value": 0.123456, "stderr": 0.0123}, 0.25, 1_000) == "0.12 ± 0.01"
+
+
+def test_coverage_names_every_reason():
+    ceval = LocalTask("local_ceval", ["accountant"], 52)
+    assert coverage("ceval", ceval, 49, 10) == {
+        "full": False,
+        "reasons": ["--limit 10", "1 of 52 subjects"],
+        "docs": 49,
+        "full_docs": None,
+    }
+    assert coverage("gsm8k", LocalTask("local_gsm8k"), 1319, None)["full"] is True
+    assert coverage("gsm8k", LocalTask("local_gsm8k"), 1318, None)["reasons"] == ["1,318 of 1,319 questions"]
 
 
 def test_above_chance_uses_the_spread_of_guessing():
     assert above_chance(1.0, 0.25, 3)  # 3 of 3: the model's own standard error is 0, the guesser's is not
     assert not above_chance(0.5, 0.25, 6)  # 0.25 above, but two standard errors of guessing are 0.35
     assert above_chance(0.30, 0.25, 10_000) and not above_chance(0.26, 0.25, 1_000)
-    assert cell({"value": 1.0, "stderr": 0.0}, 0.25, 3) == "**1.0000 ± 0.0000**" and cell(None, 0.25, 3) == "—"
+    assert cell({"value": 1.0, "stderr": 0.0}, 0.25, 3) == "**1.0 ± 0.0**" and cell(None, 0.25, 3) == "—"
+    assert cell({"value": 1.0, "stderr": 0.0}, 0.25, 3, full=False) == "1.0 ± 0.0"
 
 
 def test_random_guess_follows_the_limit(tmp_path):
     from lm_eval.tasks import TaskManager
 
-    names = write_task_yamls(BENCH, tmp_path / "tasks", ["arc_easy", "ceval"], tmp_path / "cache")
+    tasks = write_task_yamls(BENCH, tmp_path / "tasks", ["arc_easy", "ceval"], tmp_path / "cache")
     manager = TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False)
-    guess = random_guess(manager, names, 2)  # lm_eval's --limit: the first 2 documents of every task and subject
+    guess = random_guess(
+        manager, {bench: task.name for bench, task in tasks.items()}, 2
+    )  # lm_eval's --limit: the first 2 documents of every task and subject
     assert guess["arc_easy"] == {"acc": pytest.approx((1 / 4 + 1 / 3) / 2), "n": 2}
     assert guess["ceval"] == {"acc": 0.25, "n": 4}
 
 
 def test_task_configs_point_at_absolute_local_files(tmp_path, caplog):
-    names = write_task_yamls(BENCH, tmp_path / "tasks", ["mmlu", "hellaswag"], tmp_path / "cache")
-    assert names == {"mmlu": "local_mmlu", "hellaswag": "local_hellaswag"}
+    tasks = write_task_yamls(BENCH, tmp_path / "tasks", ["mmlu", "hellaswag"], tmp_path / "cache")
+    assert tasks == {
+        "mmlu": LocalTask("local_mmlu", ["high_school_geography", "machine_learning"], 57),
+        "hellaswag": LocalTask("local_hellaswag"),
+    }
     group = yaml.safe_load((tmp_path / "tasks" / "_local_mmlu.yaml").read_text())
     assert group["task"] == ["local_mmlu_high_school_geography", "local_mmlu_machine_learning"]
     assert "2 of 57 subjects" in caplog.text
@@ -215,12 +290,128 @@ def test_missing_data_or_checkpoint_is_a_clear_error(tmp_path, checkpoints):
                 model_name_or_path=[str(checkpoints / "pt")], data_dir=str(tmp_path), output_dir=str(tmp_path / "out")
             )
         )
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(SystemExit, match=f"{tmp_path / 'nope'}: no such folder"):
         main(
             BenchArguments(
                 model_name_or_path=[str(tmp_path / "nope")], data_dir=str(BENCH), output_dir=str(tmp_path / "out")
             )
         )
+
+
+def bench_args(tmp_path, checkpoints, **overrides) -> BenchArguments:
+    fields = {
+        "model_name_or_path": [str(checkpoints / "pt")],
+        "tasks": ["ceval"],
+        "data_dir": str(BENCH),
+        "output_dir": str(tmp_path / "out"),
+        "device": "cpu",
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    return BenchArguments(**(fields | overrides))
+
+
+@pytest.mark.parametrize("limit", [-1, 0, 2.5])
+def test_a_limit_that_is_no_number_of_questions_is_refused(tmp_path, checkpoints, limit):
+    with pytest.raises(SystemExit, match=f"--limit {limit:g}: give a whole number of questions"):
+        main(bench_args(tmp_path, checkpoints, limit=limit))
+
+
+def test_a_folder_that_is_not_a_checkpoint_is_refused_by_name(tmp_path, checkpoints):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("not a model")
+    weightless = tmp_path / "weightless"
+    shutil.copytree(checkpoints / "pt", weightless)
+    (weightless / "model.safetensors").unlink()
+    with pytest.raises(SystemExit) as refused:
+        main(bench_args(tmp_path, checkpoints, model_name_or_path=[str(tmp_path / "notes"), str(weightless)]))
+    message = str(refused.value)
+    assert f"{tmp_path / 'notes'}: not a checkpoint, no config.json" in message
+    assert f"{weightless}: no weights" in message
+
+
+def test_the_same_checkpoint_twice_is_refused(tmp_path, checkpoints, monkeypatch):
+    monkeypatch.chdir(checkpoints)
+    with pytest.raises(
+        SystemExit, match=r"--model_name_or_path: \./pt/ is the same checkpoint as .*/pt: list it once"
+    ):
+        main(bench_args(tmp_path, checkpoints, model_name_or_path=[str(checkpoints / "pt"), "./pt/"]))
+
+
+def test_checkpoints_that_share_a_name_get_distinct_columns():
+    paths = ["runs/a/seed1/dpo", "runs/b/seed1/dpo", "runs/a/seed2/dpo", "results/sft"]
+    assert checkpoint_labels(paths) == ["a/seed1/dpo", "b/seed1/dpo", "seed2/dpo", "sft"]
+
+
+def copy_fixtures(tmp_path) -> Path:
+    data = tmp_path / "bench"
+    shutil.copytree(BENCH, data)
+    return data
+
+
+def rewrite(path: Path, change) -> None:
+    pq.write_table(change(pq.read_table(path)), path)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda t: t.drop_columns(["answer"]), r"val-00000-of-00001.parquet: missing column\(s\) \['answer'\]"),
+        (
+            lambda t: t.set_column(t.schema.get_field_index("answer"), "answer", pa.array(["A", "E", "B"])),
+            r"val-00000-of-00001.parquet: row 1: answer 'E' is not one of A, B, C, D",
+        ),
+        (lambda t: None, r"val-00000-of-00001.parquet: not a readable parquet file"),
+    ],
+    ids=["answer column missing", "answer not a choice", "corrupt file"],
+)
+def test_bad_task_files_are_refused_naming_file_and_row(tmp_path, checkpoints, damage, message):
+    data = copy_fixtures(tmp_path)
+    target = data / "ceval/college_programming/val-00000-of-00001.parquet"
+    if damage(pq.read_table(target)) is None:
+        target.write_bytes(b"PAR1 this is not parquet")
+    else:
+        rewrite(target, damage)
+    with pytest.raises(SystemExit, match=f"bad benchmark data: {target.parent}.*{message}"):
+        main(bench_args(tmp_path, checkpoints, data_dir=str(data)))
+
+
+def test_bad_answers_of_every_benchmark_are_named(tmp_path):
+    from tools.bench_tasks import answer_problem
+
+    cases = {
+        "mmlu": {"answer": 4, "choices": ["a", "b", "c", "d"]},
+        "arc_easy": {"answerKey": "E", "choices": {"text": ["x", "y"], "label": ["A", "B"]}},
+        "hellaswag": {"label": "", "endings": ["a", "b", "c", "d"]},  # the test split has no labels
+        "gsm8k": {"answer": "The answer is 4."},
+        "cmmlu": {"Answer": None},
+    }
+    problems = {bench: answer_problem(SPECS[bench]["answer"], row) for bench, row in cases.items()}
+    assert problems == {
+        "mmlu": "answer 4 is not the index of one of the 4 choices",
+        "arc_easy": "answerKey 'E' is not one of the choice labels ['A', 'B']",
+        "hellaswag": "label '' is not the number of one of the 4 endings",
+        "gsm8k": "answer has no final '#### <number>' line",
+        "cmmlu": "Answer None is not one of A, B, C, D",
+    }
+    good = {"answer": 3, "choices": ["a", "b", "c", "d"]}
+    assert answer_problem(SPECS["mmlu"]["answer"], good) is None
+
+
+def test_a_run_prints_its_progress_and_the_table_only(tmp_path, checkpoints):
+    """What a person sees: one line and one progress bar per checkpoint, then the table; none of lm_eval's per-task
+    log lines, no bar per dataset split or weight file, no ERROR."""
+    flags = {"--model_name_or_path": checkpoints / "pt", "--tasks": "arc_easy", "--data_dir": BENCH}
+    flags |= {"--output_dir": tmp_path / "out", "--device": "cpu", "--cache_dir": tmp_path / "cache"}
+    command = [sys.executable, "-m", "tools.bench", *(str(part) for pair in flags.items() for part in pair)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    shown = (done.stdout + done.stderr).replace("\r", "\n").splitlines()
+    for noise in ("lm_eval", "Generating", "Map", "Building contexts", "Loading weights", "Tokenizing", "ERROR"):
+        assert not [line for line in shown if noise in line], noise
+    assert any(line.startswith("Running loglikelihood requests: 100%") for line in shown)
+    assert "[1/1] pt: arc_easy on cpu (float32, raw text)" in done.stderr
+    assert done.stdout == (tmp_path / "out" / "bench.md").read_text() + "\n"
 
 
 def test_fixtures_keep_the_hub_schemas():
@@ -238,96 +429,6 @@ def test_fixtures_keep_the_hub_schemas():
     assert schema("ai2_arc/ARC-Easy/test-00000-of-00001.parquet")["choices"] == arc_choices
     assert schema("hellaswag/data/validation-00000-of-00001.parquet")["label"] == "string"
     assert schema("gsm8k/main/test-00000-of-00001.parquet") == {"question": "string", "answer": "string"}
-
-
-@pytest.fixture()
-def stub_hf(tmp_path):
-    """A fake `hf` CLI: records its arguments and "downloads" the fixture files its --include globs select
-    (CMMLU as its release zip of CSVs, with options that a type-guessing reader would change)."""
-    zipped = tmp_path / "cmmlu_v1_0_1.zip"
-    with zipfile.ZipFile(zipped, "w") as bundle:
-        bundle.writestr("test/machine_learning.csv", ",Question,A,B,C,D,Answer\n0,学习率为多少？,2,0.5,NA,None,A\n")
-        bundle.writestr("dev/machine_learning.csv", ",Question,A,B,C,D,Answer\n0,一个问题？,甲,乙,丙,丁,B\n")
-    calls, cli = tmp_path / "calls.jsonl", tmp_path / "hf"
-    sources = {
-        "ceval/ceval-exam": "ceval",
-        "cais/mmlu": "mmlu",
-        "allenai/ai2_arc": "ai2_arc",
-        "Rowan/hellaswag": "hellaswag",
-        "openai/gsm8k": "gsm8k",
-    }
-    cli.write_text(f"""#!{sys.executable}
-import fnmatch, json, shutil, sys
-from pathlib import Path
-args = sys.argv[1:]
-open({str(calls)!r}, "a").write(json.dumps(args) + "\\n")
-repo, local = args[1], Path(args[args.index("--local-dir") + 1])
-include = [args[i + 1] for i, a in enumerate(args) if a == "--include"]
-exclude = [args[i + 1] for i, a in enumerate(args) if a == "--exclude"]
-if repo == "haonan-li/cmmlu":
-    shutil.copy({str(zipped)!r}, local / "cmmlu_v1_0_1.zip")
-    sys.exit(0)
-source = Path({str(BENCH)!r}) / {sources!r}[repo]
-for path in source.rglob("*.parquet"):
-    name = path.relative_to(source).as_posix()
-    if any(fnmatch.fnmatch(name, g) for g in include) and not any(fnmatch.fnmatch(name, g) for g in exclude):
-        (local / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, local / name)
-""")
-    cli.chmod(0o755)
-    return cli, calls
-
-
-def test_download_bench_stage_with_a_stub_cli(tmp_path, stub_hf):
-    cli, calls = stub_hf
-    data = tmp_path / "data"
-    command = [sys.executable, "-m", "tools.download", "--stage", "bench", "--data_dir", str(data), "--hf", str(cli)]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
-    made = [json.loads(line) for line in calls.read_text().splitlines()]
-    assert made[2] == [
-        "download",
-        "cais/mmlu",
-        "--repo-type",
-        "dataset",
-        "--include",
-        "*/test-*.parquet",
-        "--include",
-        "*/dev-*.parquet",
-        "--exclude",
-        "all/*",
-        "--exclude",
-        "auxiliary_train/*",
-        "--local-dir",
-        str(data / "bench" / "mmlu"),
-    ]
-    assert [c[1] for c in made] == [
-        "ceval/ceval-exam",
-        "haonan-li/cmmlu",
-        "cais/mmlu",
-        "allenai/ai2_arc",
-        "Rowan/hellaswag",
-        "openai/gsm8k",
-    ]
-    converted = pq.read_table(data / "bench/cmmlu/machine_learning/test-00000-of-00001.parquet")
-    assert converted.schema.names == ["Question", "A", "B", "C", "D", "Answer"]
-    assert converted.schema.types == [pa.string()] * 6  # "2" stays "2", "NA" and "None" stay text
-    assert converted.to_pylist()[0] == {
-        "Question": "学习率为多少？",
-        "A": "2",
-        "B": "0.5",
-        "C": "NA",
-        "D": "None",
-        "Answer": "A",
-    }
-    manifest = json.loads((data / "bench/cmmlu/MANIFEST.json").read_text())
-    assert sorted(f["name"] for f in manifest["files"]) == [
-        f"machine_learning/{split}-00000-of-00001.parquet" for split in ("dev", "test")
-    ]
-    assert all((data / "bench" / name / ".complete").is_file() for name in ("ceval", "mmlu", "ai2_arc", "gsm8k"))
-    names = write_task_yamls(data / "bench", tmp_path / "tasks", ALL_TASKS)
-    assert set(names) == set(ALL_TASKS)  # what the download leaves is what the task configs read
-    again = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
-    assert again.stderr.count("already complete, skipping") == 6 and len(calls.read_text().splitlines()) == 6
 
 
 def test_the_eval_report_includes_the_bench_table(tmp_path, bench_run, checkpoints):
