@@ -97,15 +97,8 @@ def train_pt(out: Path, seed: int, scale: Scale, *overrides: str) -> Path:
 
 def train_pt_epochs(out: Path, seed: int, scale: Scale, *overrides: str) -> Path:
     """A PT run of ``scale.pt_epochs`` epochs over ``scale.data_scale`` of its data (``overrides`` win)."""
-    epochs = [
-        "--max_steps",
-        "-1",
-        "--num_train_epochs",
-        str(scale.pt_epochs),
-        "--data_fraction",
-        str(scale.data_scale),
-    ]
-    return train_pt(out, seed, scale, *epochs, *overrides)
+    epochs = ["--max_steps", "-1", "--num_train_epochs", str(scale.pt_epochs)]
+    return train_pt(out, seed, scale, *epochs, "--data_fraction", str(scale.data_scale), *overrides)
 
 
 def train_sft(out: Path, model: Path, seed: int, scale: Scale, *overrides: str) -> Path:
