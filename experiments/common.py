@@ -45,7 +45,8 @@ class Scale:
     pt_steps: int  # PT runs with a budget of steps: packing, and the base model of the DPO studies
     pt_epochs: int  # PT runs that train for epochs: bilingual and scaling
     data_scale: float  # bilingual and scaling use this share of their data (ci: a sliver)
-    sft_epochs: int
+    sft_epochs: int  # passes over the SFT data...
+    sft_checkpoints: tuple[int, ...]  # ...and the epochs whose checkpoints stand for upstream's epochs 1, 2, 3
     dpo_steps: int
     seeds: tuple[int, ...]
     eval_tokens: int  # held-out tokens scored per language (the full size scores every held-out document)
@@ -59,7 +60,8 @@ SCALES = {
         pt_steps=300,
         pt_epochs=3,
         data_scale=1.0,
-        sft_epochs=3,
+        sft_epochs=21,
+        sft_checkpoints=(7, 14, 21),
         dpo_steps=40,
         seeds=(1, 2, 3, 4),
         eval_tokens=20000,
@@ -71,6 +73,7 @@ SCALES = {
         pt_epochs=1,
         data_scale=0.125,
         sft_epochs=2,
+        sft_checkpoints=(1, 2),
         dpo_steps=2,
         seeds=(1, 2),
         eval_tokens=300,
@@ -109,10 +112,25 @@ def train_sft(out: Path, model: Path, seed: int, scale: Scale, *overrides: str) 
 
 
 def chat_base(out: Path, seed: int, scale: Scale) -> Path:
-    """PT then SFT with ``seed``, a checkpoint per SFT epoch (recorded in the SFT run's run_info.json): the model
-    the DPO studies start from. Each seed trains its own, so the seeds' spread includes PT and SFT noise."""
+    """PT then SFT with ``seed``, a checkpoint (weights only) per SFT epoch, recorded in the SFT run's
+    run_info.json: the model the DPO studies start from. Each seed trains its own, so the seeds' spread includes
+    PT and SFT noise."""
     pt = train_pt(out / "pt", seed, scale)
-    return train_sft(out / "sft", pt, seed, scale, "--save_strategy", "epoch")
+    return train_sft(out / "sft", pt, seed, scale, "--save_strategy", "epoch", "--save_only_model", "true")
+
+
+SFT_BUDGET = (
+    "Upstream's SFT made 3 passes over 9M conversations; a model this small needs many passes over the demo's few "
+    "short conversations to learn the chat format and when to stop (the demo recipe makes 20). So the SFT budget "
+    "here is {epochs} passes, cut in thirds: the checkpoints after epochs {checkpoints} stand for upstream's epochs "
+    "1, 2 and 3."
+)
+
+
+def sft_budget(scale: Scale) -> str:
+    """How the SFT checkpoints compared here map to upstream's epochs."""
+    checkpoints = ", ".join(map(str, scale.sft_checkpoints))
+    return SFT_BUDGET.format(epochs=scale.sft_epochs, checkpoints=checkpoints)
 
 
 def train_dpo(out: Path, model: Path, seed: int, scale: Scale, *overrides: str) -> dict:

@@ -16,6 +16,7 @@ from experiments.common import (
     chat_base,
     curves,
     sentence,
+    sft_budget,
     train_dpo,
     variant_table,
 )
@@ -24,9 +25,9 @@ from utils.stats import Comparison, compare
 
 TITLE = "dpo_lr"
 DEMO_RECIPE, FULL_RECIPE = ROOT / "configs" / "dpo_demo.yaml", ROOT / "configs" / "dpo_full.yaml"
-# Upstream's DPO runs in order: (SFT epoch counted back from the last, learning rate as a multiple of the full
-# recipe's 5e-7). Three attempts, then the final run: 1e-6 and 5e-7 on the epoch-3 model, 1e-7 and 5e-7 on epoch 2.
-UPSTREAM_RUNS = ((0, 2.0), (0, 1.0), (-1, 0.2), (-1, 1.0))
+# Upstream's DPO runs in order: (its SFT epoch, learning rate as a multiple of the full recipe's 5e-7). Three
+# attempts, then the final run: 1e-6 and 5e-7 on the epoch-3 model, 1e-7 and 5e-7 on epoch 2.
+UPSTREAM_RUNS = ((3, 2.0), (3, 1.0), (2, 0.2), (2, 1.0))
 QUESTION = (
     "Upstream ran DPO four times: lr 1e-6 and then 5e-7 on its epoch-3 SFT model, then 1e-7 and finally 5e-7 on the "
     "epoch-2 one. Does DPO improve the model it starts from, at which rate, from which epoch?"
@@ -69,12 +70,12 @@ class DPORun:
 def variants(scale: Scale) -> list[DPORun]:
     """Upstream's four runs at the same multiples of the demo recipe's rate, then its final run's rate unscaled."""
     demo, full = rates()
-    last = scale.sft_epochs
-    runs = [
-        DPORun(f"lr ×{factor:g}, SFT epoch {last + back}", last + back, demo * factor, 3 + back, full * factor)
-        for back, factor in UPSTREAM_RUNS
-    ]
-    return [*runs, DPORun(f"lr {full:g} (unscaled), SFT epoch {last - 1}", last - 1, full, 2, full)]
+    stand_in = {3: scale.sft_checkpoints[-1], 2: scale.sft_checkpoints[-2]}  # upstream's epochs 3 and 2
+    runs = []
+    for upstream_epoch, factor in UPSTREAM_RUNS:
+        epoch = stand_in[upstream_epoch]
+        runs.append(DPORun(f"lr ×{factor:g}, SFT epoch {epoch}", epoch, demo * factor, upstream_epoch, full * factor))
+    return [*runs, DPORun(f"lr {full:g} (unscaled), SFT epoch {stand_in[2]}", stand_in[2], full, 2, full)]
 
 
 def start(epoch: int) -> str:
@@ -89,18 +90,24 @@ def plan(scale: Scale) -> list[Comparison]:
 def design(scale: Scale) -> str:
     demo, full = rates()
     grid = ", ".join(f"×{factor:g}" for factor in sorted({f for _, f in UPSTREAM_RUNS}, reverse=True))
-    return (
-        f"Every seed trains its own PT model and SFT run ({scale.sft_epochs} epochs, a checkpoint per epoch), then "
-        "repeats upstream's four DPO runs from its checkpoints with the same seed. Upstream's epochs 3 and 2 are the "
-        f"last SFT epoch here and the one before. **The grid is upstream's, scaled**: its rates are {grid} the full "
-        f"recipe's {full:g} (`configs/dpo_full.yaml`); here they are the same multiples of the demo recipe's "
-        f"{demo:g} (`configs/dpo_demo.yaml`), {demo / full:g} times larger, because the demo model is tiny, barely "
-        f"trained and runs {scale.dpo_steps} DPO steps, where upstream's 1B model ran 462. A fifth run uses the full "
-        f"recipe's {full:g} as it is, to show what the unscaled rate does to the demo model (its held-back reward "
-        "margin). Score: how often the model prefers the chosen reply of the held-back pairs (length-normalised "
-        "likelihood), for each DPO model and for the SFT checkpoint it started from, on the same pairs; a paired "
-        "t-test over seeds says whether DPO changed it."
+    runs = (
+        "Every seed trains its own PT model and SFT run (a checkpoint per epoch), then repeats upstream's four DPO "
+        f"runs from its checkpoints with the same seed. {sft_budget(scale)}"
     )
+    rates_text = (
+        f"**The grid is upstream's, scaled**: its rates are {grid} the full recipe's {full:g} "
+        f"(`configs/dpo_full.yaml`); here they are the same multiples of the demo recipe's {demo:g} "
+        f"(`configs/dpo_demo.yaml`), {demo / full:g} times larger, because the demo model is tiny, barely trained "
+        f"and runs {scale.dpo_steps} DPO steps, where upstream's 1B model ran 462. A fifth run uses the full "
+        f"recipe's {full:g} as it is, to show what the unscaled rate does to the demo model (its held-back reward "
+        "margin)."
+    )
+    score = (
+        "Score: how often the model prefers the chosen reply of the held-back pairs (length-normalised likelihood), "
+        "for each DPO model and for the SFT checkpoint it started from, on the same pairs; a paired t-test over "
+        "seeds says whether DPO changed it."
+    )
+    return "\n\n".join([runs, rates_text, score])
 
 
 def full_size(scale: Scale) -> str:

@@ -13,6 +13,7 @@ from experiments.common import (
     chat_base,
     greedy_answers,
     sentence,
+    sft_budget,
     train_dpo,
     variant_table,
 )
@@ -23,15 +24,6 @@ TITLE = "sft_epochs"
 QUESTION = (
     "Upstream trained SFT for 3 epochs, judged each epoch's checkpoint by its answers and started its final DPO from "
     "the epoch-2 one. Which epoch is best, by upstream's measure and by held-back preference pairs?"
-)
-DESIGN = (
-    "Every seed trains its own PT model and SFT run, which saves the checkpoint ending each epoch. Each checkpoint "
-    f"answers the chat prompts of `{CHAT_PROMPTS}` greedily: upstream's measure is how much the answers repeat "
-    "(repeated 4-gram share) and whether they end (share of answers that stop at the end-of-turn token before the "
-    "length limit). Then DPO starts from each checkpoint (`--sft_epoch`) with the same seed, and both the checkpoint "
-    "and the DPO model are scored on the held-back preference pairs (how often the chosen reply is more likely, "
-    "length-normalised; the pairs held back depend on the seed, so all epochs of one seed share them). Adjacent "
-    "epochs are compared with a paired t-test over seeds: each seed gives every epoch's score from one SFT run."
 )
 UPSTREAM = (
     "Upstream judged its SFT checkpoints by their greedy answers. After epoch 1 they still repeated, usually until "
@@ -54,7 +46,20 @@ METRIC_KEYS = ("repetition", "ended", "dpo_accuracy")
 
 
 def epochs(scale: Scale) -> list[str]:
-    return [f"epoch {e}" for e in range(1, scale.sft_epochs + 1)]
+    return [f"epoch {e}" for e in scale.sft_checkpoints]
+
+
+def design(scale: Scale) -> str:
+    return (
+        f"Every seed trains its own PT model and SFT run, which saves the checkpoint ending each epoch. "
+        f"{sft_budget(scale)} Each of these checkpoints answers the chat prompts of `{CHAT_PROMPTS}` greedily: "
+        "upstream's measure is how much the answers repeat (repeated 4-gram share) and whether they end (share of "
+        "answers that stop at the end-of-turn token before the length limit). Then DPO starts from each checkpoint "
+        "(`--sft_epoch`) with the same seed, and both the checkpoint and the DPO model are scored on the held-back "
+        "preference pairs (how often the chosen reply is more likely, length-normalised; the pairs held back depend "
+        "on the seed, so all checkpoints of one seed share them). Each checkpoint is compared with the one before "
+        "with a paired t-test over seeds: each seed gives every checkpoint's score from one SFT run."
+    )
 
 
 def plan(scale: Scale) -> list[Comparison]:
@@ -67,9 +72,9 @@ def run(out: Path, scale: Scale) -> Report:
     values, answers = {}, {}
     for seed in scale.seeds:
         sft = chat_base(out / f"base-s{seed}", seed, scale)
-        checkpoints = [Path(epoch_checkpoint(str(sft), e)) for e in range(1, scale.sft_epochs + 1)]
+        checkpoints = [Path(epoch_checkpoint(str(sft), e)) for e in scale.sft_checkpoints]
         chat = greedy_answers(checkpoints, out / f"eval-s{seed}", scale, prompts=CHAT_PROMPTS)
-        for e, (name, checkpoint) in enumerate(zip(epochs(scale), checkpoints), start=1):
+        for e, name, checkpoint in zip(scale.sft_checkpoints, epochs(scale), checkpoints):
             report = train_dpo(out / f"dpo_epoch{e}-s{seed}", sft, seed, scale, "--sft_epoch", str(e))
             values[name, seed] = {
                 **chat[checkpoint],
@@ -103,7 +108,7 @@ def run(out: Path, scale: Scale) -> Report:
     return Report(
         title=TITLE,
         question=QUESTION,
-        design=DESIGN,
+        design=design(scale),
         header=["SFT checkpoint", *columns],
         table=variant_table(values, names, scale.seeds, columns),
         results=results,
