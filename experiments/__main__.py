@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import time
 from pathlib import Path
 
@@ -30,11 +31,14 @@ def main(argv: list[str] | None = None) -> Path:
     study = importlib.import_module(f"experiments.{args.name}")
     out = Path(args.output_root) / args.name
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    report = study.run(out, SCALES[args.scale])
-    print(report.read_text(encoding="utf-8"))
-    print(f"Experiment {args.name} finished in {(time.perf_counter() - start) / 60:.1f} min; report: {report}")
-    return report
+    scale = SCALES[args.scale]
+    start, load_at_start = time.perf_counter(), os.getloadavg()[0]
+    report = study.run(out, scale)
+    minutes = (time.perf_counter() - start) / 60
+    path = report.write(out, args.scale, scale.seeds, minutes, (load_at_start, os.getloadavg()[0]))
+    print(path.read_text(encoding="utf-8"))
+    print(f"Experiment {args.name} finished in {minutes:.1f} min; report: {path}")
+    return path
 
 
 if __name__ == "__main__":

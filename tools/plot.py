@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from utils.plotting import PlotInputError, plot_loss, plot_runs
+from utils.plot_runs import plot_runs
+from utils.plotting import PlotInputError, plot_loss
 from utils.reference import ReferenceError
 
 

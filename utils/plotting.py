@@ -2,9 +2,7 @@
 
 ``plot_loss``: one run, every logged curve in its own panel, saved next to the run; a held-out curve (``eval_loss``,
 ``eval_rewards/accuracies`` ...) shares the panel of its training twin, and a reference curve (``utils.reference``)
-is drawn beside the loss. ``plot_runs``: several runs' losses in one figure, one line per run named after its folder,
-against optimizer steps or against what the runs have seen (steps x the run's tokens or pairs per step, from its
-run_info.json), the way scaling-law figures compare runs of different sizes. ``tools/plot.py`` is the command line.
+is drawn beside the loss. Several runs in one figure: ``utils.plot_runs``. ``tools/plot.py`` is the command line.
 
 What cannot be read is named and skipped, never a traceback: an unreadable ``trainer_state.json`` (the newest
 readable checkpoint's is used instead), folders that are not ``checkpoint-<step>``, log entries without a step."""
@@ -23,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
 
 from utils.reference import ReferenceCurve, load_reference  # noqa: E402
-from utils.run_info import RUN_INFO_FILE, folder_labels, read_run_info, recorded_arguments  # noqa: E402
+from utils.run_info import RUN_INFO_FILE, read_run_info, recorded_arguments  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -198,47 +196,3 @@ def _draw_reference(ax, name: str, run_dir: str | Path, last_step: int) -> None:
         marker="." if len(shown) < 50 else None,
         label=f"{curve.label}, at equal {curve.unit}",
     )
-
-
-def plot_runs(
-    run_dirs: list[str | Path],
-    x: str = "steps",
-    key: str = "loss",
-    output: str | Path = "runs.png",
-    references: list[str] = (),
-):
-    """One line per run of ``key`` against ``x`` (steps, tokens or pairs), and each of ``references`` (steps: at the
-    first run's batch); returns the PNG path and the axes."""
-    if x not in ("steps", "tokens", "pairs"):
-        raise ValueError(f"x must be steps, tokens or pairs, got {x!r}")
-    runs = [Path(r) for r in run_dirs]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for run, label in zip(runs, folder_labels(runs)):
-        points = series(find_log_history(run), key, str(run / "trainer_state.json"))
-        if not points:
-            raise PlotInputError(f"{run}: no {key} in the log history")
-        scale = seen_per_step(run, x) if x != "steps" else 1
-        steps, values = zip(*points)
-        ax.plot([s * scale for s in steps], values, label=label, marker="." if len(points) < 50 else None)
-    for name in references:
-        curve = load_reference(name)
-        if x == "steps":
-            xs, ys = reference_on_steps(curve, runs[0])
-        elif x == curve.unit:
-            xs, ys = curve.seen, curve.loss
-        else:
-            raise PlotInputError(f"reference {name} counts {curve.unit}; plot it against --x {curve.unit} or steps")
-        ax.plot(xs, ys, color="gray", linestyle="--", label=curve.label)
-    ax.set_xlabel({"steps": "optimizer step", "tokens": "training tokens", "pairs": "preference pairs"}[x])
-    if x != "steps":
-        ax.set_xscale("log")
-    ax.set_ylabel(key)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    logger.info("Saved %s", out)
-    return out, ax

@@ -165,7 +165,7 @@ def test_memory_reads_a_grpo_recipe(capsys):
     row = memory.main(["--config", "configs/grpo_demo.yaml", "--shape", "tiny"])
     out = capsys.readouterr().out
     assert "GRPO configs/grpo_demo.yaml" in out and "a rollout of 64 replies generated at once" in out
-    assert "micro-batch 16 x 192 tokens" in out  # 128 prompt + 64 reply tokens
+    assert "micro-batch 16 x 176 tokens" in out  # 128 prompt + 48 reply tokens
     assert row["peak"] > 0
 
 

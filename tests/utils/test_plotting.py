@@ -9,7 +9,8 @@ import logging
 import pytest
 
 from tools.plot import main as plot_main
-from utils.plotting import PlotInputError, find_log_history, panel_curves, plot_runs, seen_per_step, series
+from utils.plot_runs import plot_runs
+from utils.plotting import PlotInputError, find_log_history, panel_curves, seen_per_step, series
 from utils.reference import ReferenceError, load_reference
 
 
