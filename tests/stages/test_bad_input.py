@@ -291,7 +291,9 @@ def test_interactive_session_validates_set_and_ends_quietly_on_ctrl_c(monkeypatc
     seen = []
     monkeypatch.setattr(mini_qwen_eval, "load", lambda path, args: (None, None, True))
     monkeypatch.setattr(mini_qwen_eval, "build_generation_config", lambda model, **sampling: sampling)
-    monkeypatch.setattr(mini_qwen_eval, "generate", lambda m, t, prompt, config, streamer=None: seen.append(config))
+    monkeypatch.setattr(
+        mini_qwen_eval, "generate", lambda m, t, prompt, config, streamer=None, thinking=False: seen.append(config)
+    )
 
     class CtrlCAtPrompt(io.StringIO):
         def readline(self, *args):
