@@ -32,7 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bash run.sh test": (SKIP, "the test suite itself (CI runs it through .ci/run)"),
     "python demo/demo_pt.py": (
         RUN,
-        "{bare_python} demo/demo_pt.py --recipes cpu --max_steps 3 --output_dir results/quick/pt --report_to none",
+        "{bare_python} demo/demo_pt.py --recipes cpu --max_steps 3 --logging_steps 1 --output_dir results/quick/pt "
+        "--report_to none",
     ),
     "bash run.sh plan all --num_gpus 6 --gpu h800": (RUN, "bash run.sh plan all --num_gpus 6 --gpu h800 --no_memory"),
     "bash run.sh gpu-check": (RUN, "GPU_CHECK_DIR=results/gpu_check bash run.sh gpu-check --dry_run"),
@@ -217,7 +218,7 @@ def test_readme_command_works(command, user_copy):
     env = {**os.environ, "VENV": sys.prefix, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("PYTHONPATH", None)
     if kind == RUN:
-        line = (variant or command).format(bare_python=bare_python())
+        line = (variant or command).replace("{bare_python}", bare_python())
         result = subprocess.run(
             ["bash", "-c", line], cwd=user_copy, env=env, capture_output=True, text=True, timeout=1200
         )
