@@ -137,10 +137,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bash run.sh bench --model_name_or_path results/demo/pt results/demo/sft results/demo/dpo --data_dir "
     "mini_data/bench --output_dir results/demo/bench": (RUN, ""),
     "bash run.sh experiment packing": (RUN, "bash run.sh experiment packing --scale ci"),
-    "bash run.sh experiment bilingual": (RUN, "bash run.sh experiment bilingual --scale ci"),
-    "bash run.sh experiment scaling": (RUN, "bash run.sh experiment scaling --scale ci"),
-    "bash run.sh experiment sft_epochs": (RUN, "bash run.sh experiment sft_epochs --scale ci"),
-    "bash run.sh experiment dpo_lr": (RUN, "bash run.sh experiment dpo_lr --scale ci"),
+    "bash run.sh experiment bilingual": (
+        SKIP,
+        "the same run.sh mode as packing; tests/stages/test_experiments.py runs this study at the ci scale",
+    ),
+    "bash run.sh experiment scaling": (
+        SKIP,
+        "the same run.sh mode as packing; tests/stages/test_experiments.py runs this study at the ci scale",
+    ),
+    "bash run.sh experiment sft_epochs": (
+        SKIP,
+        "the same run.sh mode as packing; tests/stages/test_experiments.py runs this study at the ci scale",
+    ),
+    "bash run.sh experiment dpo_lr": (
+        SKIP,
+        "the same run.sh mode as packing; tests/stages/test_experiments.py runs this study at the ci scale",
+    ),
     "bash run.sh plot results/a results/b --x tokens --output runs.png": (
         RUN,
         "bash run.sh plot results/demo/pt results/quick/pt --x tokens --output runs.png",
