@@ -203,10 +203,24 @@ def wait_for(condition, timeout: float = 30.0):
 READ_CHAT = """return [[...document.querySelectorAll('#chatbot .message.bot')].map(e => e.innerText.trim()),
                        [...document.querySelectorAll('button.stop-button')].some(b => b.offsetParent !== null)]"""
 LOADING = "Loading content"  # Gradio's placeholder before the first piece arrives
+# The page records each text its last answer shows, as the browser renders it. Polling from the test instead
+# misses renders when the machine is busy (CI's 2 cores run the server, chromium and pytest): each poll is a
+# round trip through chromedriver, and a loaded CI run once saw only 2 of an answer's renders that way.
+WATCH_RENDERS = """window.renders = [];
+if (window.watcher) window.watcher.disconnect();
+window.watcher = new MutationObserver(() => {
+  const bots = [...document.querySelectorAll('#chatbot .message.bot')];
+  const text = bots.length ? bots[bots.length - 1].innerText.trim() : '';
+  const last = window.renders[window.renders.length - 1];
+  if (text && text !== arguments[0] && !(last && last[0] === bots.length && last[1] === text))
+    window.renders.push([bots.length, text]);
+});
+window.watcher.observe(document.querySelector('#chatbot'), {subtree: true, childList: true, characterData: true});"""
 
 
 def send_and_watch(driver, text: str, answers_before: int) -> list[str]:
-    """Type ``text`` and Enter; return every distinct text the new answer showed, until the stop button went."""
+    """Type ``text`` and Enter; return every distinct text the new answer showed, in the order the page rendered
+    them, once the stop button has gone."""
     from selenium.common.exceptions import ElementNotInteractableException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -218,19 +232,17 @@ def send_and_watch(driver, text: str, answers_before: int) -> list[str]:
             return False
         return True
 
+    driver.execute_script(WATCH_RENDERS, LOADING)
     wait_for(typed, timeout=10)
-    seen: list[str] = []
-    changed = deadline = time.monotonic()
-    deadline += 60
-    while time.monotonic() < deadline:
+    started = time.monotonic()
+    while time.monotonic() - started < 60:
         answers, streaming = driver.execute_script(READ_CHAT)
-        if len(answers) > answers_before and answers[-1] not in ("", LOADING) and answers[-1] not in seen[-1:]:
-            seen.append(answers[-1])
-            changed = time.monotonic()
-        if seen and not streaming and time.monotonic() - changed > 0.3:  # done, and the last render is in
-            return seen
+        if len(answers) > answers_before and answers[-1] not in ("", LOADING) and not streaming:
+            time.sleep(0.3)  # let the last render land
+            renders = driver.execute_script("return window.renders")
+            return [shown for count, shown in renders if count > answers_before]
         time.sleep(0.05)
-    raise TimeoutError(f"the answer to {text!r} did not finish in 60 s; seen: {seen}")
+    raise TimeoutError(f"the answer to {text!r} did not finish in 60 s; seen: {driver.execute_script(READ_CHAT)}")
 
 
 @needs_browser
@@ -243,7 +255,9 @@ def test_the_page_in_a_browser_streams_answers_and_keeps_the_history(launched, b
     assert all(LABELS[key] in page for key in ("title", "settings", "system", "temperature", "max_tokens"))
     first = send_and_watch(browser, "Hi", answers_before=0)
     lengths = [len(text) for text in first]
-    assert len(first) >= 3, first  # it grew in front of the user, piece by piece
+    # It grew in front of the user: a part of the answer was on the page before the whole of it. (How many parts
+    # the page shows depends on the machine's load; one of them before the end is what streaming means.)
+    assert len(first) >= 2 and len(first[0]) < len(first[-1]), first
     assert all(later.startswith(earlier) for earlier, later in zip(first, first[1:])), lengths
     assert first[-1].startswith(ANSWER) and "<|im_end|>" not in first[-1]
     second = send_and_watch(browser, "How are you?", answers_before=1)
@@ -257,7 +271,7 @@ def test_the_page_in_a_browser_streams_answers_and_keeps_the_history(launched, b
         for entry in browser.get_log("performance")
     }
     assert not [u for u in requested if u.startswith("http") and not u.startswith("http://127.0.0.1")]
-    print(f"first answer grew over {len(first)} reads: {lengths[:5]} ... {lengths[-1]} characters")
+    print(f"first answer grew over {len(first)} renders: {lengths[:5]} ... {lengths[-1]} characters")
 
 
 # What a prompt-injected answer could hold to send data out of the page: a form asking for a password, a Markdown
